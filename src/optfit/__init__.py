@@ -1,0 +1,7 @@
+"""optfit: fit the optimizer to the task."""
+
+from .factory import create_optimizer
+from .registry import OptimizerInfo, list_optimizers, optimizer_info
+
+__version__ = "0.1.0"
+__all__ = ["create_optimizer", "list_optimizers", "optimizer_info", "OptimizerInfo", "__version__"]

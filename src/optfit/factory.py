@@ -1,0 +1,84 @@
+"""``create_optimizer``: registry name + model (or params) → a ready ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .registry import optimizer_info
+
+_NORM_TYPES = tuple(t for t in (
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None),
+    nn.modules.batchnorm._NormBase,
+) if t is not None)
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters that get no weight decay by default: biases and other ≤1-D tensors, the
+    parameters of normalisation layers, and embeddings."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        skip_all = isinstance(module, _NORM_TYPES + _EMBEDDING_TYPES)
+        for p_name, p in module.named_parameters(recurse=False):
+            if skip_all or p.ndim <= 1:
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def _module_groups(model: nn.Module, no_decay: Any, has_decay: bool) -> tuple[list, dict]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not has_decay:
+        exempt = set()
+    elif no_decay == "auto":
+        exempt = no_decay_names(model)
+    elif no_decay is None:
+        exempt = set()
+    else:
+        patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay)
+        exempt = {n for n, _ in named if any(fnmatch.fnmatch(n, pat) for pat in patterns)}
+    decay = [p for n, p in named if n not in exempt]
+    rest = [p for n, p in named if n in exempt]
+    groups = []
+    if decay:
+        groups.append({"params": decay})
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups, {p: n for n, p in named}
+
+
+def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, no_decay: Any = "auto",
+                     **hyperparameters: Any) -> torch.optim.Optimizer:
+    """Build the registered optimizer ``name``.
+
+    ``model_or_params`` is an ``nn.Module`` (then biases, norm gains and embeddings go to a group with
+    ``weight_decay=0``; ``no_decay=None`` decays everything, or give fnmatch patterns of parameter names) or
+    an iterable of tensors / param-group dicts, passed through as is. Unknown hyperparameters raise
+    ``TypeError`` listing the accepted ones; every hyperparameter has a default.
+    """
+    info = optimizer_info(name)
+    accepted = info.defaults
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise TypeError(f"{info.name} does not accept {', '.join(map(repr, unknown))}; accepted "
+                        f"hyperparameters: {', '.join(sorted(accepted))}")
+    clash = sorted(set(hyperparameters) & set(info.preset))
+    if clash:
+        raise TypeError(f"{info.name} fixes {', '.join(clash)} (it is {info.cls.__name__} with "
+                        f"{dict(info.preset)}); use {info.cls.__name__}'s own registry name to change it")
+    kwargs = {**info.preset, **hyperparameters}
+    names: dict[Any, str] = {}
+    if isinstance(model_or_params, nn.Module):
+        params, names = _module_groups(model_or_params, no_decay, "weight_decay" in accepted)
+        if not params:
+            raise ValueError(f"the model {type(model_or_params).__name__} has no trainable parameters")
+    else:
+        params = list(model_or_params)
+    optimizer = info.cls(params, **kwargs)
+    if names and hasattr(optimizer, "set_param_names"):
+        optimizer.set_param_names(names)
+    return optimizer

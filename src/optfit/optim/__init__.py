@@ -1,0 +1,26 @@
+"""The optimizer catalogue: every class importable as ``optfit.optim.<ClassName>``.
+
+Each module holds one optimizer family, registers its records with ``optfit.registry`` on import and
+lists its public classes in ``__all__``.
+"""
+
+from ._base import ElementwiseOptimizer
+from ._features import DECAY_MODES, grokfast_ema, grokfast_ma
+from .adam import Adam, AdamW
+from .sgd import SGD
+
+# one module per family; each exports exactly what its __all__ names
+from .adabelief import *  # noqa: F401,F403
+from .adabound import *  # noqa: F401,F403
+from .adafactor import *  # noqa: F401,F403
+from .adagrad import *  # noqa: F401,F403
+from .ademamix import *  # noqa: F401,F403
+from .exadam import *  # noqa: F401,F403
+from .grad_avg import *  # noqa: F401,F403
+from .gravity import *  # noqa: F401,F403
+from .lion import *  # noqa: F401,F403
+from .nadam import *  # noqa: F401,F403
+from .radam import *  # noqa: F401,F403
+from .rmsprop import *  # noqa: F401,F403
+from .roaree import *  # noqa: F401,F403
+from .sania import *  # noqa: F401,F403

@@ -1,0 +1,312 @@
+"""The three-layer structure every elementwise optimizer shares.
+
+1. **Lazy state** – ``_state_keys(group)`` names the per-parameter tensors; they are created at the first step
+   (zeros in the state dtype) beside a float32 0-d ``step`` tensor, stored exactly as torch.optim stores it.
+2. **Kernels** – a subclass writes the maths once, for one tensor, in ``_update(p, g, st, c, flags) -> s``
+   where ``Δθ = −s`` (``s`` includes the lr) and ``c`` holds every per-step scalar. That function is the ground
+   truth (``impl="reference"``). ``_update_foreach`` is the hand-written multi-tensor fast path
+   (``impl="foreach"``); ``impl="compiled"`` runs the reference loop under ``torch.compile`` with the scalars
+   passed as 0-d tensors, so inductor fuses it into one kernel per step without recompiling.
+3. **A thin ``step()``** – closure, gathering, the non-finite policy, the Grokfast filter, coupled decay,
+   caution, decoupled/independent decay, bf16 → fp32 working copies and complex → real views are all here,
+   once, for every subclass.
+
+Options accepted by every elementwise optimizer (keyword-only, stored per param group):
+
+``cautious`` (bool), ``nonfinite`` ("raise" | "skip" | "ignore"), ``impl`` ("auto" | "reference" | "foreach" |
+"compiled"), ``state_dtype`` (None = parameter dtype, or "float32": fp32 state and fp32 maths for bf16/fp16
+parameters, rounded once into the parameter), ``grad_filter`` (None | "ema" | "ma" | a dict from
+``grokfast_ema``/``grokfast_ma``), ``decay_mode`` ("coupled" | "decoupled" | "independent").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _features as F
+from . import _validation as V
+
+IMPLS = ("auto", "reference", "foreach", "compiled")
+STATE_DTYPES = (None, "float32")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_COMPILED: dict[type, Callable] = {}
+
+
+def _split_names(params: Any) -> tuple[list[Any], dict[int, str]]:
+    """Accept tensors, param-group dicts, or ``(name, tensor)`` pairs (as from ``model.named_parameters()``)."""
+    if isinstance(params, Tensor):
+        raise TypeError("params must be an iterable of tensors or dicts, not a single Tensor")
+    items, names = list(params), {}
+
+    def strip(seq: Iterable[Any]) -> list[Any]:
+        out = []
+        for x in seq:
+            if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str):
+                names[id(x[1])] = x[0]
+                x = x[1]
+            out.append(x)
+        return out
+
+    if items and isinstance(items[0], dict):
+        items = [{**g, "params": strip([g["params"]] if isinstance(g["params"], Tensor) else g["params"])}
+                 for g in items]
+    else:
+        items = strip(items)
+    return items, names
+
+
+class ElementwiseOptimizer(Optimizer):
+    """Base class: subclasses define ``_validate``, ``_state_keys``, ``_coefficients``, ``_update`` and
+    optionally ``_update_foreach``; everything else is shared."""
+
+    default_decay_mode: ClassVar[str] = "decoupled"
+    supports_complex: ClassVar[bool] = True
+    handles_weight_decay: ClassVar[bool] = False  # the kernel applies weight decay itself (e.g. Adafactor)
+    needs_closure: ClassVar[bool] = False
+    OPTIONS: ClassVar[tuple[str, ...]] = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode")
+
+    def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
+        unknown = set(options) - set(self.OPTIONS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {sorted(unknown)}; "
+                            f"options shared by all optfit optimizers: {list(self.OPTIONS)}")
+        defaults = dict(defaults)
+        defaults.update(cautious=options.get("cautious", False), nonfinite=options.get("nonfinite", "raise"),
+                        impl=options.get("impl", "auto"), state_dtype=options.get("state_dtype"),
+                        grad_filter=F.check_filter(options.get("grad_filter")),
+                        decay_mode=options.get("decay_mode", self.default_decay_mode))
+        self._check_group(defaults)
+        params, names = _split_names(params)
+        self._param_names: dict[int, str] = names
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------------------------ validation
+    @classmethod
+    def _validate(cls, group: dict[str, Any]) -> None:
+        """Subclass hook: raise ``ValueError`` naming the first invalid hyperparameter in ``group``."""
+        V.nonneg("lr", group["lr"])
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        self._validate(group)
+        V.flag("cautious", group["cautious"])
+        V.choice("nonfinite", group["nonfinite"], F.NONFINITE_POLICIES)
+        V.choice("impl", group["impl"], IMPLS)
+        V.choice("state_dtype", group["state_dtype"], STATE_DTYPES)
+        V.choice("decay_mode", group["decay_mode"], F.DECAY_MODES)
+        group["grad_filter"] = F.check_filter(group["grad_filter"])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("initial_lr", group["lr"])
+        self._check_group(group)
+
+    # ---------------------------------------------------------------------------------- parameter names
+    def set_param_names(self, names: dict[Tensor, str] | Iterable[tuple[str, Tensor]]) -> None:
+        """Attach names (e.g. from ``model.named_parameters()``) used in error messages."""
+        pairs = names.items() if isinstance(names, dict) else ((t, n) for n, t in names)
+        self._param_names.update({id(t): n for t, n in pairs})
+
+    def _describe(self, index: int, p: Tensor) -> str:
+        name = self._param_names.get(id(p))
+        return f"parameter {index}" + (f" ({name!r})" if name else "") + f" of shape {tuple(p.shape)}"
+
+    # ------------------------------------------------------------------------------------- subclass API
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ()
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """Create the per-parameter tensors (``p`` is the working view: real, in the state dtype)."""
+        for key in self._state_keys(group):
+            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        """Every scalar the kernel needs at this step (hyperparameters and bias corrections)."""
+        return {"lr": group["lr"]}
+
+    @staticmethod
+    def _flags(group: dict[str, Any]) -> tuple:
+        """Structural (non-numeric) options the kernel branches on; hashable, guarded when compiled."""
+        return ()
+
+    @staticmethod
+    def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
+        raise NotImplementedError
+
+    _update_foreach: ClassVar[Callable | None] = None
+
+    # ------------------------------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (re-evaluating the loss with gradients enabled) is optional."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        elif self.needs_closure:
+            raise RuntimeError(f"{type(self).__name__}.step() needs a closure that re-evaluates the loss "
+                               "(e.g. `def closure(): opt.zero_grad(); l = f(); l.backward(); return l`)")
+        work = self._gather()
+        if not self._finite_or_policy(work):
+            return loss
+        for group, items in work:
+            if items:
+                self._step_group(group, items, loss)
+        return loss
+
+    def _gather(self) -> list[tuple[dict[str, Any], list[tuple[int, Tensor, Tensor]]]]:
+        work, index = [], 0
+        for group in self.param_groups:
+            items = []
+            for p in group["params"]:
+                if p.grad is not None:
+                    g = p.grad
+                    if g.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                                           f"({self._describe(index, p)}); use a dense gradient or torch.optim.SparseAdam")
+                    if torch.is_complex(p) and not self.supports_complex:
+                        raise RuntimeError(f"{type(self).__name__} does not support complex parameters "
+                                           f"({self._describe(index, p)}); split them with torch.view_as_real")
+                    items.append((index, p, g))
+                index += 1
+            work.append((group, items))
+        return work
+
+    def _finite_or_policy(self, work: list) -> bool:
+        """Apply the ``nonfinite`` policy before anything is modified; ``False`` means skip this step."""
+        checked = [(g, it) for g, it in work if g["nonfinite"] != "ignore" and it]
+        if not checked:
+            return True
+        flat = [it for _, items in checked for it in items]
+        grads = [torch.view_as_real(g) if g.is_complex() else g for _, _, g in flat]
+        bad = F.first_nonfinite(grads)
+        if bad is None:
+            return True
+        policies = {g["nonfinite"] for g, _ in checked}
+        if "raise" in policies:
+            raise_items = [it for g, items in checked if g["nonfinite"] == "raise" for it in items]
+            bad_raise = F.first_nonfinite([torch.view_as_real(g) if g.is_complex() else g for _, _, g in raise_items])
+            if bad_raise is not None:
+                index, p, _ = raise_items[bad_raise]
+                raise FloatingPointError(f"non-finite gradient in {self._describe(index, p)}; no parameter or state "
+                                         "was modified (pass nonfinite='skip' to skip such steps)")
+        self.skipped_steps += 1
+        return False
+
+    def _step_group(self, group: dict[str, Any], items: list, loss: Any) -> None:
+        fp32 = group["state_dtype"] == "float32"
+        params, work_params, grads, states = [], [], [], []
+        for _, p, g in items:
+            wp, wg = p, g
+            if wp.is_complex():
+                wp, wg = torch.view_as_real(wp), torch.view_as_real(wg)
+            if fp32 and wp.dtype in _LOW_PRECISION:
+                wp, wg = wp.float(), wg.float()
+            elif wg.dtype != wp.dtype:
+                wg = wg.to(wp.dtype)
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                self._init_state(group, wp, st)
+            params.append(p), work_params.append(wp), grads.append(wg), states.append(st)
+
+        if group["grad_filter"] is not None:
+            grads = [F.apply_filter(group["grad_filter"], g, st) for g, st in zip(grads, states)]
+        if group["decay_mode"] == "coupled" and group.get("weight_decay", 0) and not self.handles_weight_decay:
+            grads = torch._foreach_add(grads, work_params, alpha=group["weight_decay"])
+
+        step_tensors = [st["step"] for st in states]
+        torch._foreach_add_(step_tensors, 1.0)
+        steps = torch.stack(step_tensors).tolist()
+        buckets: dict[int, list[int]] = {}
+        for i, s in enumerate(steps):
+            buckets.setdefault(int(s), []).append(i)
+        keys = self._state_keys(group)
+        for step, idx in buckets.items():
+            c = self._coefficients(group, step)
+            if loss is not None and "loss" not in c:
+                c["loss"] = float(loss)
+            c["decay"] = 1.0 if self.handles_weight_decay else F.decay_multiplier(
+                group["decay_mode"], group["lr"], group.get("weight_decay", 0.0), group["initial_lr"])
+            ps = [work_params[i] for i in idx]
+            gs = [grads[i] for i in idx]
+            sts = [states[i] for i in idx]
+            self._run_kernel(group, ps, gs, sts, keys, c)
+        for p, wp in zip(params, work_params):
+            if wp is not p and wp.data_ptr() != p.data_ptr() and not p.is_complex():
+                p.copy_(wp)
+
+    def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
+        impl = group["impl"]
+        if impl == "auto":
+            impl = "foreach" if self._update_foreach is not None and len({p.device for p in ps}) == 1 else "reference"
+        flags = self._flags(group)
+        cautious = group["cautious"]
+        if impl == "reference":
+            _apply_reference(type(self)._update, ps, gs, sts, c, flags, cautious)
+        elif impl == "foreach":
+            if self._update_foreach is None:
+                raise ValueError(f"impl='foreach' is not available for {type(self).__name__}; "
+                                 "use 'reference' or 'compiled'")
+            states = {k: [st[k] for st in sts] for k in keys}
+            steps = type(self)._update_foreach(ps, gs, states, c, flags)
+            if cautious:
+                steps = [F.cautious(s, g) for s, g in zip(steps, gs)]
+            if c["decay"] != 1.0:
+                torch._foreach_mul_(ps, c["decay"])
+            torch._foreach_sub_(ps, steps)
+        else:
+            fn = _COMPILED.get(type(self))
+            if fn is None:
+                fn = _COMPILED[type(self)] = torch.compile(_apply_reference, dynamic=False)
+            # float64 0-d scalars: scalar arithmetic (1 − β, bias corrections) stays in double while the
+            # elementwise maths keeps the parameter dtype (0-d tensors do not promote dimensioned ones).
+            ct = {k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      else v) for k, v in c.items()}
+            fn(type(self)._update, ps, gs, [{k: st[k] for k in keys} for st in sts], ct, flags, cautious)
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["optfit"] = {"skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch.optim; tensors of ``state_dtype="float32"`` groups stay float32 for low-precision params."""
+        extra = state_dict.get("optfit", {})
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups' (from state_dict())")
+        originals = {k: dict(v) for k, v in state_dict["state"].items()}
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optfit"})
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                saved = originals.get(index)
+                if saved is not None and group["state_dtype"] == "float32" and p.dtype in _LOW_PRECISION:
+                    st = self.state[p]
+                    for k, v in saved.items():
+                        if k != "step" and isinstance(v, Tensor) and v.is_floating_point():
+                            st[k] = v.to(device=p.device, dtype=torch.float32)
+                index += 1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_param_names", {})
+        self.__dict__.setdefault("skipped_steps", 0)
+
+
+def _apply_reference(update, ps, gs, sts, c, flags, cautious) -> None:
+    """The ground-truth loop: ``s = update(...)``, caution, multiplicative decay, ``θ ← θ − s``."""
+    for p, g, st in zip(ps, gs, sts):
+        s = update(p, g, st, c, flags)
+        if cautious:
+            s = F.cautious(s, g)
+        p.mul_(c["decay"])
+        p.sub_(s)

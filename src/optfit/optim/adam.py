@@ -1,0 +1,103 @@
+"""Adam (Kingma & Ba, arXiv 1412.6980), AdamW (Loshchilov & Hutter, arXiv 1711.05101) and the AMSGrad flag
+(Reddi et al., ICLR 2018), in torch.optim's convention (ε after the square root of the bias-corrected v):
+
+    m ← β₁m + (1−β₁)g ;  v ← β₂v + (1−β₂)g² ;  v_max ← max(v_max, v)   (amsgrad)
+    θ ← θ − η/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε)      with v̂ = v_max or v
+
+``Adam`` couples weight decay (L2) by default, ``AdamW`` decouples it (``θ ← θ(1 − ηλ)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _validation as V
+from ..registry import OptimizerInfo, register
+from ._base import ElementwiseOptimizer
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(ElementwiseOptimizer):
+    """Adam; ``weight_decay`` is L2 (``decay_mode="coupled"``) unless told otherwise."""
+
+    default_decay_mode = "coupled"
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **options: Any) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad),
+                         **options)
+
+    @classmethod
+    def _validate(cls, group: dict[str, Any]) -> None:
+        V.nonneg("lr", group["lr"])
+        V.betas(group["betas"])
+        V.nonneg("eps", group["eps"])
+        V.nonneg("weight_decay", group["weight_decay"])
+        V.flag("amsgrad", group["amsgrad"])
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        b1, b2 = group["betas"]
+        return {"lr": group["lr"], "b1": b1, "b2": b2, "eps": group["eps"],
+                "step_size": group["lr"] / (1 - b1**step), "bc2_sqrt": math.sqrt(1 - b2**step)}
+
+    @staticmethod
+    def _flags(group: dict[str, Any]) -> tuple:
+        return (group["amsgrad"],)
+
+    @staticmethod
+    def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
+        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
+        if flags[0]:
+            st["max_exp_avg_sq"].copy_(torch.maximum(st["max_exp_avg_sq"], v))
+            v = st["max_exp_avg_sq"]
+        return c["step_size"] * m / (v.sqrt() / c["bc2_sqrt"] + c["eps"])
+
+    @staticmethod
+    def _update_foreach(ps, gs, st, c, flags):
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        torch._foreach_lerp_(m, gs, 1 - c["b1"])
+        torch._foreach_mul_(v, c["b2"])
+        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
+        if flags[0]:
+            torch._foreach_maximum_(st["max_exp_avg_sq"], v)
+            v = st["max_exp_avg_sq"]
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, c["bc2_sqrt"])
+        torch._foreach_add_(denom, c["eps"])
+        steps = torch._foreach_div(m, denom)
+        torch._foreach_mul_(steps, c["step_size"])
+        return steps
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay ``θ ← θ(1 − ηλ)``; torch's default ``weight_decay=1e-2``."""
+
+    default_decay_mode = "decoupled"
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **options: Any) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, **options)
+
+
+_ADAM = dict(family="adaptive", has_betas=True, has_momentum=True, test_hparams={"lr": 0.05})
+register(OptimizerInfo(name="adam", cls=Adam, paper="arXiv:1412.6980", state_tensors=2,
+                       description="Adam with coupled L2 weight decay.", torch_equivalent=("Adam", {}), **_ADAM))
+register(OptimizerInfo(name="adamw", cls=AdamW, paper="arXiv:1711.05101", state_tensors=2,
+                       description="Adam with decoupled weight decay θ ← θ(1 − ηλ).",
+                       torch_equivalent=("AdamW", {}), **_ADAM))
+register(OptimizerInfo(name="amsgrad", cls=Adam, preset={"amsgrad": True}, paper="arXiv:1904.09237",
+                       state_tensors=3, description="Adam with the running maximum of v (AMSGrad).",
+                       torch_equivalent=("Adam", {"amsgrad": True}), **_ADAM))
+register(OptimizerInfo(name="cadamw", cls=AdamW, preset={"cautious": True}, paper="arXiv:2411.16085",
+                       state_tensors=2, description="Cautious AdamW: updates disagreeing in sign with g are masked.",
+                       **_ADAM))

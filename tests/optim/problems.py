@@ -1,0 +1,63 @@
+"""Small deterministic problems shared by the optimizer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import optfit
+
+
+class Quadratic(nn.Module):
+    """f = ½Σ a(x − x*)² + ½Σ B∘(W − W*)²: a vector and a matrix parameter, known optimum (x*, W*)."""
+
+    def __init__(self, dtype=torch.float32, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.x = nn.Parameter(torch.zeros(10, dtype=dtype))
+        self.W = nn.Parameter(torch.zeros(4, 5, dtype=dtype))
+        self.register_buffer("x_star", torch.randn(10, generator=gen, dtype=dtype))
+        self.register_buffer("W_star", torch.randn(4, 5, generator=gen, dtype=dtype))
+        self.register_buffer("a", torch.linspace(1.0, 10.0, 10, dtype=dtype))
+        self.register_buffer("b", torch.linspace(1.0, 4.0, 20, dtype=dtype).reshape(4, 5))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * (self.a * (self.x - self.x_star) ** 2).sum() + 0.5 * (self.b * (self.W - self.W_star) ** 2).sum()
+
+    @torch.no_grad()
+    def distance(self) -> float:
+        return float(torch.sqrt(((self.x - self.x_star) ** 2).sum() + ((self.W - self.W_star) ** 2).sum()))
+
+
+class TinyNet(nn.Module):
+    def __init__(self, dtype=torch.float32, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 3)).to(dtype)
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.register_buffer("X", torch.randn(32, 6, generator=gen).to(dtype))
+        self.register_buffer("Y", torch.randn(32, 3, generator=gen).to(dtype))
+
+    def forward(self) -> torch.Tensor:
+        return ((self.net(self.X) - self.Y) ** 2).mean()
+
+
+def closure_for(model: nn.Module, opt: torch.optim.Optimizer):
+    def closure():
+        opt.zero_grad()
+        loss = model()
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def build(name: str, model: nn.Module, **overrides):
+    info = optfit.optimizer_info(name)
+    kwargs = {**info.test_hparams, **overrides}
+    return optfit.create_optimizer(model, name, **kwargs)
+
+
+def run(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    closure = closure_for(model, opt)
+    return [float(opt.step(closure).detach()) for _ in range(steps)]
