@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean readme
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+readme: $(STAMP)
+	$(PY) -c "import pathlib, optfit.registry as r; p = pathlib.Path('README.md'); p.write_text(r.splice_readme(p.read_text()))"

@@ -114,3 +114,15 @@ def markdown_table() -> str:
         rows.append(f"| `{name}` | {cls} | {i.family} | {i.state_tensors:g} | "
                     f"{'yes' if i.needs_closure else ''} | {i.paper} |")
     return "\n".join(rows)
+
+
+README_START, README_END = "<!-- optimizer-table:start -->", "<!-- optimizer-table:end -->"
+
+
+def splice_readme(text: str) -> str:
+    """``text`` with the block between the README markers replaced by the current ``markdown_table()``."""
+    head, sep, rest = text.partition(README_START)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise ValueError(f"README markers {README_START} / {README_END} not found")
+    return f"{head}{README_START}\n{markdown_table()}\n{README_END}{tail}"

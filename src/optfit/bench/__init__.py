@@ -1,0 +1,1 @@
+"""Workloads and runners for comparing optimizers (the showdown builds on this package)."""

@@ -1,0 +1,60 @@
+"""Command line: ``optfit list`` (the registry table) and ``optfit demo`` (the digits leaderboard)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .registry import list_optimizers, markdown_table, optimizer_info
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    names = list_optimizers(args.pattern)
+    if not names:
+        print(f"no optimizer matches {args.pattern!r}; optfit list shows all", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    width = max(map(len, names))
+    for name in names:
+        info = optimizer_info(name)
+        print(f"{name:<{width}}  {info.family:<12} {info.paper:<34} {info.description}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .bench.digits import DEFAULT_OPTIMIZERS, demo
+
+    names = tuple(args.optimizers.split(",")) if args.optimizers else DEFAULT_OPTIMIZERS
+    valid = set(list_optimizers())
+    bad = [n for n in names if n not in valid]
+    if bad:
+        print(f"--optimizers: unknown {', '.join(bad)}; choose from {', '.join(sorted(valid))}", file=sys.stderr)
+        return 2
+    demo(names, steps=args.steps, out_dir=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optfit", description="Fit the optimizer to the task.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list the registered optimizers")
+    p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'adam*'")
+    p_list.add_argument("--markdown", action="store_true", help="print the README table")
+    p_list.set_defaults(func=_cmd_list)
+    p_demo = sub.add_parser("demo", help="train the digits MLP with several optimizers and print a leaderboard")
+    p_demo.add_argument("--optimizers", default="", help="comma-separated registry names")
+    p_demo.add_argument("--steps", type=int, default=300)
+    p_demo.add_argument("--out", default="out/demo", help="folder for the report")
+    p_demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
