@@ -118,8 +118,13 @@ def test_compiled_matches_reference(name):
     info = optfit.optimizer_info(name)
     if "compiled" not in getattr(info.cls, "IMPLS", ("compiled",)):
         pytest.skip("no compiled path")
+    from torch._dynamo.utils import counters
+
     ref = _run_impl(name, "reference", SHAPES, torch.float32, 10, {})
+    torch._dynamo.reset()  # a graph cached by an earlier test would hide whether this run compiles
+    before = counters["stats"]["unique_graphs"]
     fast = _run_impl(name, "compiled", SHAPES, torch.float32, 10, {})
+    assert counters["stats"]["unique_graphs"] > before, "the compiled path must really compile"
     _assert_close_runs(ref, fast, rtol=1e-6, atol=1e-6)
 
 

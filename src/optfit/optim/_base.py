@@ -21,6 +21,7 @@ parameters, rounded once into the parameter), ``grad_filter`` (None | "ema" | "m
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -262,9 +263,7 @@ class ElementwiseOptimizer(Optimizer):
                 torch._foreach_mul_(ps, c["decay"])
             torch._foreach_sub_(ps, steps)
         else:
-            fn = _COMPILED.get(type(self))
-            if fn is None:
-                fn = _COMPILED[type(self)] = torch.compile(_apply_reference, dynamic=False)
+            fn = _compiled_loop(type(self))
             # float64 0-d scalars: scalar arithmetic (1 − β, bias corrections) stays in double while the
             # elementwise maths keeps the parameter dtype (0-d tensors do not promote dimensioned ones).
             ct = {k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -300,6 +299,17 @@ class ElementwiseOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_param_names", {})
         self.__dict__.setdefault("skipped_steps", 0)
+
+
+def _compiled_loop(cls: type) -> Callable:
+    """``_apply_reference`` under ``torch.compile``, with a code object of its own per optimizer class:
+    dynamo caches (and caps recompilations) per code object, so classes must not share one."""
+    fn = _COMPILED.get(cls)
+    if fn is None:
+        code = _apply_reference.__code__.replace(co_name=f"_apply_{cls.__name__}")
+        clone = types.FunctionType(code, _apply_reference.__globals__, code.co_name)
+        fn = _COMPILED[cls] = torch.compile(clone)
+    return fn
 
 
 def _apply_reference(update, ps, gs, sts, c, flags, cautious) -> None:
