@@ -58,7 +58,8 @@ class RAdam(DecoupledFlagMixin, ElementwiseOptimizer):
         lr, bc1, bc2 = group["lr"], 1 - b1**step, 1 - b2**step
         rho_inf, rho_t = 2 / (1 - b2) - 1, self.rho(step, b2)
         rectify = rho_t > 5.0
-        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) if rectify else 0.0
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) \
+            if rectify else 0.0
         # ``rectify`` is a Python bool: the compiled path specialises on it (two graphs in all)
         return {"lr": lr, "b1": b1, "b2": b2, "eps": group["eps"], "rectify": rectify,
                 "step_size": lr * rect * math.sqrt(bc2) / bc1 if rectify else lr / bc1}
