@@ -151,5 +151,5 @@ register(OptimizerInfo(
     description="Adafactor: factored second moment (O(m+n) per m×n matrix, full for vectors), relative step "
                 "sizes, update clipping, optional β₁ momentum; relative_step=True ignores lr.",
     state_tensors=0, has_momentum=True, supports_complex=False, supports_foreach=False,
-    test_hparams={"relative_step": False, "lr": 0.05, "scale_parameter": False},
+    test_hparams={"relative_step": False, "lr": 0.1},
 ))
