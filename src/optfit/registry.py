@@ -106,13 +106,15 @@ def list_optimizers(pattern: str = "*") -> list[str]:
 
 def markdown_table() -> str:
     """The optimizer table of the README and the docs, generated from the records."""
-    rows = ["| name | class | family | extra state (×P) | closure | paper |", "|---|---|---|---|---|---|"]
+    rows = ["| name | class | family | extra state (×P) | fast paths | closure | paper | what it is |",
+            "|---|---|---|---|---|---|---|---|"]
     for name in list_optimizers():
         i = optimizer_info(name)
         preset = ", ".join(f"{k}={v!r}" for k, v in i.preset.items())
         cls = f"`{i.cls.__name__}`" + (f" ({preset})" if preset else "")
-        rows.append(f"| `{name}` | {cls} | {i.family} | {i.state_tensors:g} | "
-                    f"{'yes' if i.needs_closure else ''} | {i.paper} |")
+        fast = "foreach, compiled" if i.supports_foreach else "compiled"
+        rows.append(f"| `{name}` | {cls} | {i.family} | {i.state_tensors:g} | {fast} | "
+                    f"{'yes' if i.needs_closure else ''} | {i.paper} | {i.description} |")
     return "\n".join(rows)
 
 

@@ -202,11 +202,12 @@ class ElementwiseOptimizer(Optimizer):
 
     def _step_group(self, group: dict[str, Any], items: list, loss: Any) -> None:
         fp32 = group["state_dtype"] == "float32"
-        params, work_params, grads, states = [], [], [], []
+        targets, work_params, grads, states = [], [], [], []
         for _, p, g in items:
             wp, wg = p, g
             if wp.is_complex():
                 wp, wg = torch.view_as_real(wp), torch.view_as_real(wg)
+            target = wp
             if fp32 and wp.dtype in _LOW_PRECISION:
                 wp, wg = wp.float(), wg.float()
             elif wg.dtype != wp.dtype:
@@ -215,7 +216,7 @@ class ElementwiseOptimizer(Optimizer):
             if not st:
                 st["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(group, wp, st)
-            params.append(p), work_params.append(wp), grads.append(wg), states.append(st)
+            targets.append(target), work_params.append(wp), grads.append(wg), states.append(st)
 
         if group["grad_filter"] is not None:
             grads = [F.apply_filter(group["grad_filter"], g, st) for g, st in zip(grads, states)]
@@ -239,9 +240,9 @@ class ElementwiseOptimizer(Optimizer):
             gs = [grads[i] for i in idx]
             sts = [states[i] for i in idx]
             self._run_kernel(group, ps, gs, sts, keys, c)
-        for p, wp in zip(params, work_params):
-            if wp is not p and wp.data_ptr() != p.data_ptr() and not p.is_complex():
-                p.copy_(wp)
+        for target, wp in zip(targets, work_params):
+            if wp is not target:  # fp32 working copy of a low-precision parameter: round once into it
+                target.copy_(wp)
 
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         impl = group["impl"]
@@ -284,15 +285,19 @@ class ElementwiseOptimizer(Optimizer):
         originals = {k: dict(v) for k, v in state_dict["state"].items()}
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "optfit"})
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+        # torch casts every non-"step" state tensor to the parameter's dtype; undo that for integer counters
+        # (a bf16 counter stops counting at 256) and for the float32 state of low-precision parameters
         index = 0
         for group in self.param_groups:
+            keep_fp32 = group["state_dtype"] == "float32"
             for p in group["params"]:
-                saved = originals.get(index)
-                if saved is not None and group["state_dtype"] == "float32" and p.dtype in _LOW_PRECISION:
-                    st = self.state[p]
-                    for k, v in saved.items():
-                        if k != "step" and isinstance(v, Tensor) and v.is_floating_point():
-                            st[k] = v.to(device=p.device, dtype=torch.float32)
+                for k, v in originals.get(index, {}).items():
+                    if k == "step" or not isinstance(v, Tensor):
+                        continue
+                    if not (v.is_floating_point() or v.is_complex()):
+                        self.state[p][k] = v.to(device=p.device)
+                    elif keep_fp32 and p.dtype in _LOW_PRECISION and v.is_floating_point():
+                        self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
                 index += 1
 
     def __setstate__(self, state: dict[str, Any]) -> None:
