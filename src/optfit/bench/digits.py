@@ -52,7 +52,7 @@ def train(name: str, steps: int = 300, batch_size: int = 64, seed: int = 0, **hp
     opt = create_optimizer(model, name, **{**SETTINGS.get(name, {}), **hparams})
     gen = torch.Generator().manual_seed(seed + 1)
     loss_fn = nn.CrossEntropyLoss()
-    elapsed, loss = 0.0, torch.tensor(0.0)
+    elapsed = 0.0
     for _ in range(steps):
         idx = torch.randint(len(xtr), (batch_size,), generator=gen)
         xb, yb = xtr[idx], ytr[idx]
@@ -64,7 +64,7 @@ def train(name: str, steps: int = 300, batch_size: int = 64, seed: int = 0, **hp
             return out
 
         t0 = time.perf_counter()
-        loss = opt.step(closure)
+        opt.step(closure)
         elapsed += time.perf_counter() - t0
     with torch.no_grad():
         logits = model(xva)

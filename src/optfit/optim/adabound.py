@@ -22,6 +22,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_moments, adam_moments_foreach
 
 __all__ = ["AdaBound"]
 
@@ -67,25 +68,13 @@ class AdaBound(ElementwiseOptimizer):
 
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
-        if flags[0]:
-            st["max_exp_avg_sq"].copy_(torch.maximum(st["max_exp_avg_sq"], v))
-            v = st["max_exp_avg_sq"]
+        m, v = adam_moments(g, st, c, amsgrad=flags[0])
         rate = c["step_size"] / (v.sqrt() + c["eps"])
         return torch.clamp(rate, min=c["lower"], max=c["upper"]) * m
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        torch._foreach_mul_(m, c["b1"])
-        torch._foreach_add_(m, gs, alpha=1 - c["b1"])
-        torch._foreach_mul_(v, c["b2"])
-        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
-        if flags[0]:
-            torch._foreach_maximum_(st["max_exp_avg_sq"], v)
-            v = st["max_exp_avg_sq"]
+        m, v = adam_moments_foreach(gs, st, c, amsgrad=flags[0])
         rate = torch._foreach_sqrt(v)
         torch._foreach_add_(rate, c["eps"])
         torch._foreach_reciprocal_(rate)

@@ -18,6 +18,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_moments, adam_moments_foreach
 
 __all__ = ["Adam", "AdamW"]
 
@@ -54,23 +55,12 @@ class Adam(ElementwiseOptimizer):
 
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
-        if flags[0]:
-            st["max_exp_avg_sq"].copy_(torch.maximum(st["max_exp_avg_sq"], v))
-            v = st["max_exp_avg_sq"]
+        m, v = adam_moments(g, st, c, amsgrad=flags[0])
         return c["step_size"] * m / (v.sqrt() / c["bc2_sqrt"] + c["eps"])
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        torch._foreach_lerp_(m, gs, 1 - c["b1"])
-        torch._foreach_mul_(v, c["b2"])
-        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
-        if flags[0]:
-            torch._foreach_maximum_(st["max_exp_avg_sq"], v)
-            v = st["max_exp_avg_sq"]
+        m, v = adam_moments_foreach(gs, st, c, amsgrad=flags[0])
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, c["bc2_sqrt"])
         torch._foreach_add_(denom, c["eps"])

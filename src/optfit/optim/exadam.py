@@ -19,6 +19,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_moments, adam_moments_foreach
 
 __all__ = ["EXAdam"]
 
@@ -49,9 +50,7 @@ class EXAdam(ElementwiseOptimizer):
 
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
+        m, v = adam_moments(g, st, c)
         m2 = m * m
         d1 = 1 + c["b2t"] * (v / (v + c["eps"]))
         d2 = 1 + c["b1t"] * (m2 / (m2 + c["eps"]))
@@ -60,10 +59,7 @@ class EXAdam(ElementwiseOptimizer):
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        torch._foreach_lerp_(m, gs, 1 - c["b1"])
-        torch._foreach_mul_(v, c["b2"])
-        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
+        m, v = adam_moments_foreach(gs, st, c)
         m2 = torch._foreach_mul(m, m)
         d1 = torch._foreach_div(v, torch._foreach_add(v, c["eps"]))       # v/(v + ε)
         torch._foreach_mul_(d1, c["b2t"])

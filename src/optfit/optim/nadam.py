@@ -18,6 +18,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_moments, adam_moments_foreach
 
 __all__ = ["NAdam"]
 
@@ -86,9 +87,8 @@ class NAdam(DecoupledFlagMixin, ElementwiseOptimizer):
 
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        m, v, pi = st["exp_avg"], st["exp_avg_sq"], st["mu_product"]
-        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
+        m, v = adam_moments(g, st, c)
+        pi = st["mu_product"]
         pi.mul_(c["mu"])
         prod = pi.to(torch.float64)  # 0-d: the coefficients are formed in double, like torch's Python floats
         coef_g = c["lr"] * (1 - c["mu"]) / (1 - prod)
@@ -97,10 +97,8 @@ class NAdam(DecoupledFlagMixin, ElementwiseOptimizer):
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        m, v, pis = st["exp_avg"], st["exp_avg_sq"], st["mu_product"]
-        torch._foreach_lerp_(m, gs, 1 - c["b1"])
-        torch._foreach_mul_(v, c["b2"])
-        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
+        m, v = adam_moments_foreach(gs, st, c)
+        pis = st["mu_product"]
         torch._foreach_mul_(pis, c["mu"])
         prods = torch.stack([x.to(torch.float64) for x in pis]).tolist()
         lr, mu, mu_next = c["lr"], c["mu"], c["mu_next"]

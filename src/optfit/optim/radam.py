@@ -20,6 +20,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_moments, adam_moments_foreach
 from .nadam import DecoupledFlagMixin
 
 __all__ = ["RAdam"]
@@ -66,19 +67,14 @@ class RAdam(DecoupledFlagMixin, ElementwiseOptimizer):
 
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m.mul_(c["b1"]).add_(g * (1 - c["b1"]))
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
+        m, v = adam_moments(g, st, c)
         if c["rectify"]:
             return c["step_size"] * m / (v.sqrt() + c["eps"])
         return c["step_size"] * m
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        torch._foreach_lerp_(m, gs, 1 - c["b1"])
-        torch._foreach_mul_(v, c["b2"])
-        torch._foreach_addcmul_(v, gs, gs, 1 - c["b2"])
+        m, v = adam_moments_foreach(gs, st, c)
         steps = torch._foreach_mul(m, c["step_size"])
         if c["rectify"]:
             denom = torch._foreach_sqrt(v)
