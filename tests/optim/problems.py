@@ -61,3 +61,15 @@ def build(name: str, model: nn.Module, **overrides):
 def run(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
     closure = closure_for(model, opt)
     return [float(opt.step(closure).detach()) for _ in range(steps)]
+
+
+def updates_under_constant_gradient(opt: torch.optim.Optimizer, p: torch.Tensor, grad: torch.Tensor,
+                                    steps: int) -> list[torch.Tensor]:
+    """Feed ``grad`` for ``steps`` steps; return each step's Δθ."""
+    out = []
+    for _ in range(steps):
+        before = p.detach().clone()
+        p.grad = grad.clone()
+        opt.step()
+        out.append(p.detach() - before)
+    return out

@@ -7,18 +7,14 @@ import torch
 
 from optfit.optim import Adagrad
 
+from .problems import updates_under_constant_gradient
+
 G = torch.tensor([2.0, -0.3, 7.0, -1e-2], dtype=torch.float64)
 IMPLS = pytest.mark.parametrize("impl", ["reference", "foreach"])
 
 
 def _updates(opt, p, steps):
-    out = []
-    for _ in range(steps):
-        before = p.detach().clone()
-        p.grad = G.clone()
-        opt.step()
-        out.append(p.detach() - before)
-    return out
+    return updates_under_constant_gradient(opt, p, G, steps)
 
 
 @IMPLS

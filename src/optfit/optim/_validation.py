@@ -72,3 +72,13 @@ def integer(name: str, value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {minimum})")
     return value
+
+
+_STANDARD = {"lr": nonneg, "eps": nonneg, "weight_decay": nonneg, "momentum": nonneg,
+             "betas": lambda name, value: betas(value, len(value) if isinstance(value, Sequence) else 2, name)}
+
+
+def standard(group: dict[str, Any], *keys: str) -> None:
+    """Check the hyperparameters every family shares (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``)."""
+    for key in keys:
+        _STANDARD[key](key, group[key])

@@ -42,10 +42,7 @@ class AdaBelief(ElementwiseOptimizer):
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
-        V.nonneg("lr", group["lr"])
-        V.betas(group["betas"])
-        V.nonneg("eps", group["eps"])
-        V.nonneg("weight_decay", group["weight_decay"])
+        V.standard(group, "lr", "betas", "eps", "weight_decay")
         for key in ("amsgrad", "rectify", "degenerated_to_sgd", "fixed_decay"):
             V.flag(key, group[key])
         if group["fixed_decay"] and group.get("decay_mode") != "decoupled":

@@ -41,12 +41,9 @@ class AdaBound(ElementwiseOptimizer):
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
-        V.nonneg("lr", group["lr"])
-        V.betas(group["betas"])
+        V.standard(group, "lr", "betas", "eps", "weight_decay")
         V.nonneg("final_lr", group["final_lr"])
         V.in_range("gamma", group["gamma"], 0.0, 1.0)
-        V.nonneg("eps", group["eps"])
-        V.nonneg("weight_decay", group["weight_decay"])
         V.flag("amsbound", group["amsbound"])
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:

@@ -54,10 +54,7 @@ class NAdam(DecoupledFlagMixin, ElementwiseOptimizer):
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
-        V.nonneg("lr", group["lr"])
-        V.betas(group["betas"])
-        V.nonneg("eps", group["eps"])
-        V.nonneg("weight_decay", group["weight_decay"])
+        V.standard(group, "lr", "betas", "eps", "weight_decay")
         V.nonneg("momentum_decay", group["momentum_decay"])
         V.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
 
