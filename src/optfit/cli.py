@@ -16,10 +16,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table())
         return 0
-    width = max(map(len, names))
-    for name in names:
-        info = optimizer_info(name)
-        print(f"{name:<{width}}  {info.family:<12} {info.paper:<34} {info.description}")
+    infos = [optimizer_info(n) for n in names]
+    width, fam, pap = max(map(len, names)), max(len(i.family) for i in infos), max(len(i.paper) for i in infos)
+    for name, info in zip(names, infos):
+        print(f"{name:<{width}}  {info.family:<{fam}}  {info.paper:<{pap}}  {info.description}")
     return 0
 
 
