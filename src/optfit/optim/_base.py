@@ -35,7 +35,7 @@ from . import _validation as V
 IMPLS = ("auto", "reference", "foreach", "compiled")
 STATE_DTYPES = (None, "float32")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_COMPILED: dict[type, Callable] = {}
+_COMPILED: dict[tuple[type, str], Callable] = {}
 
 
 def _split_names(params: Any) -> tuple[list[Any], dict[int, str]]:
@@ -240,36 +240,47 @@ class ElementwiseOptimizer(Optimizer):
             gs = [grads[i] for i in idx]
             sts = [states[i] for i in idx]
             self._run_kernel(group, ps, gs, sts, keys, c)
-        for target, wp in zip(targets, work_params):
-            if wp is not target:  # fp32 working copy of a low-precision parameter: round once into it
-                target.copy_(wp)
+        self._write_back([(t, wp) for t, wp in zip(targets, work_params) if wp is not t])
 
-    def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
+    def _write_back(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
+        """Round the fp32 working copies of low-precision parameters once into the parameters."""
+        for target, wp in pairs:
+            target.copy_(wp)
+
+    def _impl(self, group: dict[str, Any], ps: list[Tensor]) -> str:
         impl = group["impl"]
         if impl == "auto":
-            impl = "foreach" if self._update_foreach is not None and len({p.device for p in ps}) == 1 else "reference"
-        flags = self._flags(group)
-        cautious = group["cautious"]
+            return "foreach" if self._update_foreach is not None and len({p.device for p in ps}) == 1 else "reference"
+        if impl == "foreach" and self._update_foreach is None:
+            raise ValueError(f"impl='foreach' is not available for {type(self).__name__}; use 'reference' or 'compiled'")
+        return impl
+
+    def _directions(self, group, ps, gs, sts, keys, c) -> list[Tensor]:
+        """The steps ``s`` of one bucket (``Δθ = −s``), computed by the group's impl but not applied: for
+        optimizers whose step needs a quantity summed over every parameter first (SANIA's γ)."""
+        flags, impl, update = self._flags(group), self._impl(group, ps), type(self)._update
+        if impl == "reference":
+            return [update(p, g, st, c, flags) for p, g, st in zip(ps, gs, sts)]
+        if impl == "foreach":
+            return type(self)._update_foreach(ps, gs, {k: [st[k] for st in sts] for k in keys}, c, flags)
+        fn = _compiled(type(self), _direction_list)
+        return fn(update, ps, gs, [{k: st[k] for k in keys} for st in sts], _scalar_tensors(c), flags)
+
+    def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
+        impl, flags, cautious = self._impl(group, ps), self._flags(group), group["cautious"]
         if impl == "reference":
             _apply_reference(type(self)._update, ps, gs, sts, c, flags, cautious)
         elif impl == "foreach":
-            if self._update_foreach is None:
-                raise ValueError(f"impl='foreach' is not available for {type(self).__name__}; "
-                                 "use 'reference' or 'compiled'")
-            states = {k: [st[k] for st in sts] for k in keys}
-            steps = type(self)._update_foreach(ps, gs, states, c, flags)
+            steps = self._directions(group, ps, gs, sts, keys, c)
             if cautious:
                 steps = [F.cautious(s, g) for s, g in zip(steps, gs)]
             if c["decay"] != 1.0:
                 torch._foreach_mul_(ps, c["decay"])
             torch._foreach_sub_(ps, steps)
         else:
-            fn = _compiled_loop(type(self))
-            # float64 0-d scalars: scalar arithmetic (1 − β, bias corrections) stays in double while the
-            # elementwise maths keeps the parameter dtype (0-d tensors do not promote dimensioned ones).
-            ct = {k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                      else v) for k, v in c.items()}
-            fn(type(self)._update, ps, gs, [{k: st[k] for k in keys} for st in sts], ct, flags, cautious)
+            fn = _compiled(type(self), _apply_reference)
+            fn(type(self)._update, ps, gs, [{k: st[k] for k in keys} for st in sts], _scalar_tensors(c), flags,
+               cautious)
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -306,15 +317,28 @@ class ElementwiseOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
 
 
-def _compiled_loop(cls: type) -> Callable:
-    """``_apply_reference`` under ``torch.compile``, with a code object of its own per optimizer class:
-    dynamo caches (and caps recompilations) per code object, so classes must not share one."""
-    fn = _COMPILED.get(cls)
-    if fn is None:
-        code = _apply_reference.__code__.replace(co_name=f"_apply_{cls.__name__}")
-        clone = types.FunctionType(code, _apply_reference.__globals__, code.co_name)
-        fn = _COMPILED[cls] = torch.compile(clone)
-    return fn
+def _scalar_tensors(c: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as float64 0-d tensors for the compiled paths: scalar arithmetic (1 − β, bias corrections)
+    stays in double while the elementwise maths keeps the parameter dtype (0-d tensors do not promote
+    dimensioned ones), and new values each step do not trigger recompilation."""
+    return {k: (torch.tensor(v, dtype=torch.float64) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                else v) for k, v in c.items()}
+
+
+def _compiled(cls: type, fn: Callable) -> Callable:
+    """``fn`` under ``torch.compile``, with a code object of its own per optimizer class: dynamo caches (and
+    caps recompilations) per code object, so classes must not share one."""
+    key = (cls, fn.__name__)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_{cls.__name__}")
+        clone = types.FunctionType(code, fn.__globals__, code.co_name)
+        compiled = _COMPILED[key] = torch.compile(clone)
+    return compiled
+
+
+def _direction_list(update, ps, gs, sts, c, flags) -> list[Tensor]:
+    return [update(p, g, st, c, flags) for p, g, st in zip(ps, gs, sts)]
 
 
 def _apply_reference(update, ps, gs, sts, c, flags, cautious) -> None:

@@ -30,7 +30,6 @@ from ._base import ElementwiseOptimizer
 __all__ = ["SANIA"]
 
 PRECONDITIONERS = ("adam", "adagrad")
-_COMPILED: list[Callable] = []
 
 
 def polyak_gamma(loss: float, q: float) -> float:
@@ -38,10 +37,6 @@ def polyak_gamma(loss: float, q: float) -> float:
     if not q > 0 or 2 * loss > q:
         return 1.0
     return max(0.0, 1.0 - math.sqrt(1.0 - 2 * loss / q))
-
-
-def _directions(update, ps, gs, sts, c, flags) -> list[Tensor]:
-    return [update(p, g, st, c, flags) for p, g, st in zip(ps, gs, sts)]
 
 
 class SANIA(ElementwiseOptimizer):
@@ -57,6 +52,7 @@ class SANIA(ElementwiseOptimizer):
         super().__init__(params, dict(lr=lr, preconditioner=preconditioner, beta2=beta2, eps=eps, is_sqrt=is_sqrt,
                                       weight_decay=weight_decay), **options)
         self._pending: list = []
+        self._pending_write_back: list = []
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
@@ -118,21 +114,13 @@ class SANIA(ElementwiseOptimizer):
     # ------------------------------------------------------------------- two passes: directions, then γ·d
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         """First pass only: update the preconditioner, keep d and this bucket's share of q for ``step``."""
-        impl, flags = group["impl"], self._flags(group)
-        if impl == "auto":
-            impl = "foreach" if len({p.device for p in ps}) == 1 else "reference"
-        if impl == "foreach":
-            ds = self._update_foreach(ps, gs, {k: [st[k] for st in sts] for k in keys}, c, flags)
-        elif impl == "reference":
-            ds = [self._update(p, g, st, c, flags) for p, g, st in zip(ps, gs, sts)]
-        else:
-            if not _COMPILED:
-                _COMPILED.append(torch.compile(_directions, dynamic=False))
-            ct = {k: torch.tensor(v, dtype=torch.float64) for k, v in c.items()}
-            ds = _COMPILED[0](type(self)._update, ps, gs, [{k: st[k] for k in keys} for st in sts], ct, flags)
+        ds = self._directions(group, ps, gs, sts, keys, c)
         q = [torch.sum(g * d, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).double()
              for g, d in zip(gs, ds)]
-        self._pending.append((ps, ds, sts, c, q))
+        self._pending.append((ps, ds, c, q))
+
+    def _write_back(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
+        self._pending_write_back.extend(pairs)  # after the second pass has moved the working copies
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -147,31 +135,26 @@ class SANIA(ElementwiseOptimizer):
         work = self._gather()
         if not self._finite_or_policy(work):
             return loss
-        self._pending = []
+        self._pending, self._pending_write_back = [], []
         try:
             for group, items in work:
                 if items:
                     self._step_group(group, items, loss)  # the base's preamble; our _run_kernel stops after d
-            pending = self._pending
+            pending, write_back = self._pending, self._pending_write_back
         finally:
-            self._pending = []
+            self._pending, self._pending_write_back = [], []
         if not pending:
             return loss
         qs = [x for *_, q in pending for x in q]
         q = float(torch.stack([x.to(qs[0].device) for x in qs]).sum())
         f = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         gamma = self.last_gamma = polyak_gamma(f, q)
-        owner = {id(self.state[p]): p for _, items in work for _, p, _ in items}
-        for ps, ds, sts, c, _ in pending:
+        for ps, ds, c, _ in pending:
             steps = torch._foreach_mul(ds, c["lr"] * gamma)
             if c["decay"] != 1.0:
                 torch._foreach_mul_(ps, c["decay"])
             torch._foreach_sub_(ps, steps)
-            for wp, st in zip(ps, sts):  # fp32 working copies of low-precision parameters
-                p = owner[id(st)]
-                target = torch.view_as_real(p) if p.is_complex() else p
-                if wp.data_ptr() != target.data_ptr():
-                    target.copy_(wp)
+        super()._write_back(write_back)
         return loss
 
 
