@@ -2,7 +2,8 @@
 
     m ← β₁m + (1−β₁)g ;  v ← β₂v + (1−β₂)g² ;  v_max ← max(v_max, v) (amsgrad; then v̂ = v_max)
 
-State keys ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` as in torch.optim; ``c`` holds ``b1`` and ``b2``.
+and Adam's bias-corrected step ``s = η/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε)`` from ``c["step_size"]``,
+``c["bc2_sqrt"]`` and ``c["eps"]``. State keys ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` as in torch.optim; ``c`` holds ``b1`` and ``b2``.
 """
 
 from __future__ import annotations
@@ -35,3 +36,18 @@ def adam_moments_foreach(gs: list[Tensor], st: dict[str, list[Tensor]], c: dict[
         torch._foreach_maximum_(st["max_exp_avg_sq"], v)
         v = st["max_exp_avg_sq"]
     return m, v
+
+
+def adam_step(m: Tensor, v: Tensor, c: dict[str, Any]) -> Tensor:
+    """``step_size · m / (√v / bc2_sqrt + eps)`` for one tensor."""
+    return c["step_size"] * m / (v.sqrt() / c["bc2_sqrt"] + c["eps"])
+
+
+def adam_step_foreach(m: list[Tensor], v: list[Tensor], c: dict[str, Any]) -> list[Tensor]:
+    """The same over lists of tensors."""
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, c["bc2_sqrt"])
+    torch._foreach_add_(denom, c["eps"])
+    steps = torch._foreach_div(m, denom)
+    torch._foreach_mul_(steps, c["step_size"])
+    return steps

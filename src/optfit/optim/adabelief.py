@@ -24,6 +24,7 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from ._moments import adam_step, adam_step_foreach
 
 __all__ = ["AdaBelief"]
 
@@ -85,7 +86,7 @@ class AdaBelief(ElementwiseOptimizer):
             st["max_exp_avg_var"].copy_(torch.maximum(st["max_exp_avg_var"], s))
             s = st["max_exp_avg_var"]
         if c["adaptive"]:  # a Python bool: one compiled graph per branch
-            return c["step_size"] * m / (s.sqrt() / c["bc2_sqrt"] + c["eps"])
+            return adam_step(m, s, c)
         return c["sgd_size"] * m
 
     @staticmethod
@@ -102,12 +103,7 @@ class AdaBelief(ElementwiseOptimizer):
             s = st["max_exp_avg_var"]
         if not c["adaptive"]:
             return torch._foreach_mul(m, c["sgd_size"])
-        denom = torch._foreach_sqrt(s)
-        torch._foreach_div_(denom, c["bc2_sqrt"])
-        torch._foreach_add_(denom, c["eps"])
-        steps = torch._foreach_div(m, denom)
-        torch._foreach_mul_(steps, c["step_size"])
-        return steps
+        return adam_step_foreach(m, s, c)
 
 
 register(OptimizerInfo(

@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
-from ._moments import adam_moments, adam_moments_foreach
+from ._moments import adam_moments, adam_moments_foreach, adam_step, adam_step_foreach
 
 __all__ = ["Adam", "AdamW"]
 
@@ -53,17 +52,12 @@ class Adam(ElementwiseOptimizer):
     @staticmethod
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
         m, v = adam_moments(g, st, c, amsgrad=flags[0])
-        return c["step_size"] * m / (v.sqrt() / c["bc2_sqrt"] + c["eps"])
+        return adam_step(m, v, c)
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
         m, v = adam_moments_foreach(gs, st, c, amsgrad=flags[0])
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, c["bc2_sqrt"])
-        torch._foreach_add_(denom, c["eps"])
-        steps = torch._foreach_div(m, denom)
-        torch._foreach_mul_(steps, c["step_size"])
-        return steps
+        return adam_step_foreach(m, v, c)
 
 
 class AdamW(Adam):
