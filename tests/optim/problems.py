@@ -63,13 +63,18 @@ def run(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]
     return [float(opt.step(closure).detach()) for _ in range(steps)]
 
 
-def updates_under_constant_gradient(opt: torch.optim.Optimizer, p: torch.Tensor, grad: torch.Tensor,
-                                    steps: int) -> list[torch.Tensor]:
-    """Feed ``grad`` for ``steps`` steps; return each step's Δθ."""
+def step_updates(opt: torch.optim.Optimizer, p: torch.Tensor, grads) -> list[torch.Tensor]:
+    """Feed the gradients one step at a time; return each step's Δθ."""
     out = []
-    for _ in range(steps):
+    for g in grads:
         before = p.detach().clone()
-        p.grad = grad.clone()
+        p.grad = g.clone()
         opt.step()
         out.append(p.detach() - before)
     return out
+
+
+def updates_under_constant_gradient(opt: torch.optim.Optimizer, p: torch.Tensor, grad: torch.Tensor,
+                                    steps: int) -> list[torch.Tensor]:
+    """Feed ``grad`` for ``steps`` steps; return each step's Δθ."""
+    return step_updates(opt, p, [grad] * steps)

@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from optfit.optim import AdaBelief
+from .problems import step_updates
 
 D = torch.float64
 
 
 def _step(opt, p, g):
-    p.grad = g.clone()
-    before = p.detach().clone()
-    opt.step()
-    return p.detach() - before
+    return step_updates(opt, p, [g])[0]
 
 
 def _manual(theta, grads, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16, rectify=True, sgd=True, amsgrad=False):

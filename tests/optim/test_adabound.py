@@ -8,16 +8,14 @@ import pytest
 import torch
 
 from optfit.optim import AdaBound
+from .problems import step_updates
 
 D = torch.float64
 IMPLS = ["reference", "foreach"]
 
 
 def _step(opt, p, g):
-    p.grad = g.clone()
-    before = p.detach().clone()
-    opt.step()
-    return p.detach() - before
+    return step_updates(opt, p, [g])[0]
 
 
 def _manual(theta, grads, lrs, *, b1=0.9, b2=0.999, final_lr=0.1, gamma=1e-3, eps=1e-8, amsbound=False):

@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from optfit.optim import Adafactor
+from .problems import step_updates
 
 D = torch.float64
 
 
 def _step(opt, p, g):
-    p.grad = g.clone()
-    before = p.detach().clone()
-    opt.step()
-    return p.detach() - before
+    return step_updates(opt, p, [g])[0]
 
 
 def _rms(x):

@@ -8,19 +8,14 @@ import torch
 import optfit
 
 from .test_parity import SHAPES, _assert_close_runs, _run_impl
+from .problems import step_updates
 
 
 
 def _moves(steps, grad, **hp):
     p = torch.zeros(grad.shape, dtype=torch.float64, requires_grad=True)
     opt = optfit.create_optimizer([p], "exadam", **hp)
-    out = []
-    for _ in range(steps):
-        before = p.detach().clone()
-        p.grad = grad.clone()
-        opt.step()
-        out.append((p.detach() - before) / hp["lr"])
-    return out
+    return [d / hp["lr"] for d in step_updates(opt, p, [grad] * steps)]
 
 
 def test_constant_gradient_first_steps():

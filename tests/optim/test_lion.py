@@ -8,6 +8,7 @@ import torch
 import optfit
 
 from .test_parity import SHAPES, _assert_close_runs, _run_impl
+from .problems import step_updates
 
 
 
@@ -16,10 +17,7 @@ def _param(values, dtype=torch.float64):
 
 
 def _step(opt, p, grad):
-    before = p.detach().clone()
-    p.grad = torch.as_tensor(grad, dtype=p.dtype).clone()
-    opt.step()
-    return (p.detach() - before)
+    return step_updates(opt, p, [torch.as_tensor(grad, dtype=p.dtype)])[0]
 
 
 def test_every_nonzero_move_is_exactly_lr():

@@ -7,6 +7,7 @@ import torch
 
 import optfit
 from optfit.optim import NAdam
+from .problems import step_updates
 
 
 IMPLS = pytest.mark.parametrize("impl", ["reference", "foreach"])
@@ -14,13 +15,7 @@ IMPLS = pytest.mark.parametrize("impl", ["reference", "foreach"])
 
 def _steps(opt, p, grads):
     """Feed ``grads`` one by one; return the per-step updates Δθ."""
-    out = []
-    for g in grads:
-        before = p.detach().clone()
-        p.grad = g.clone()
-        opt.step()
-        out.append(p.detach() - before)
-    return out
+    return step_updates(opt, p, grads)
 
 
 @IMPLS

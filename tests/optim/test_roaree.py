@@ -11,6 +11,7 @@ import optfit
 from optfit.optim.roaree import SURROGATES, _FOREACH, _REFERENCE
 
 from .test_parity import SHAPES, _assert_close_runs, _run_impl
+from .problems import step_updates
 
 
 
@@ -22,12 +23,7 @@ def _stream(n, steps, seed=0):
 def _trajectory(name, grads, **hp):
     p = torch.zeros(grads[0].shape, dtype=torch.float64, requires_grad=True)
     opt = optfit.create_optimizer([p], name, **hp)
-    out = []
-    for g in grads:
-        before = p.detach().clone()
-        p.grad = g.clone()
-        opt.step()
-        out.append(p.detach() - before)
+    out = step_updates(opt, p, grads)
     return p.detach(), out, opt
 
 
