@@ -69,6 +69,7 @@ class ElementwiseOptimizer(Optimizer):
     supports_complex: ClassVar[bool] = True
     handles_weight_decay: ClassVar[bool] = False  # the kernel applies weight decay itself (e.g. Adafactor)
     needs_closure: ClassVar[bool] = False
+    two_pass: ClassVar[bool] = False  # see _second_pass
     OPTIONS: ClassVar[tuple[str, ...]] = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode")
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
@@ -156,10 +157,29 @@ class ElementwiseOptimizer(Optimizer):
         work = self._gather()
         if not self._finite_or_policy(work):
             return loss
-        for group, items in work:
-            if items:
-                self._step_group(group, items, loss)
+        if not self.two_pass:
+            for group, items in work:
+                if items:
+                    self._step_group(group, items, loss)
+            return loss
+        self._pending, self._pending_write_back, self._deferring = [], [], True
+        try:
+            for group, items in work:
+                if items:
+                    self._step_group(group, items, loss)  # the preamble, then the subclass's first pass
+            pending, write_back = self._pending, self._pending_write_back
+        finally:
+            self._pending, self._pending_write_back, self._deferring = [], [], False
+        if pending:
+            self._second_pass(pending, loss)
+        self._write_back(write_back)
         return loss
+
+    def _second_pass(self, pending: list, loss: Any) -> None:
+        """Two-pass optimizers (``two_pass = True``): their ``_run_kernel`` appends per-bucket work to
+        ``self._pending`` instead of moving parameters; this applies it once every group has been seen
+        (for a quantity summed over all parameters: SANIA's γ, a gap optimizer's global score)."""
+        raise NotImplementedError
 
     def _gather(self) -> list[tuple[dict[str, Any], list[tuple[int, Tensor, Tensor]]]]:
         work, index = [], 0
@@ -243,7 +263,11 @@ class ElementwiseOptimizer(Optimizer):
         self._write_back([(t, wp) for t, wp in zip(targets, work_params) if wp is not t])
 
     def _write_back(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
-        """Round the fp32 working copies of low-precision parameters once into the parameters."""
+        """Round the fp32 working copies of low-precision parameters once into the parameters (for a two-pass
+        optimizer: after the second pass has moved them)."""
+        if getattr(self, "_deferring", False):
+            self._pending_write_back.extend(pairs)
+            return
         for target, wp in pairs:
             target.copy_(wp)
 

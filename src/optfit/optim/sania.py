@@ -17,7 +17,6 @@ used, so the hyperparameter is ``beta2`` rather than ``betas``. ``weight_decay``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,14 +44,13 @@ class SANIA(ElementwiseOptimizer):
 
     default_decay_mode = "decoupled"
     needs_closure = True
+    two_pass = True
     last_gamma: float | None = None
 
     def __init__(self, params: Any, lr: float = 1.0, preconditioner: str = "adam", beta2: float = 0.999,
                  eps: float = 0.1, is_sqrt: bool = False, weight_decay: float = 0.0, **options: Any) -> None:
         super().__init__(params, dict(lr=lr, preconditioner=preconditioner, beta2=beta2, eps=eps, is_sqrt=is_sqrt,
                                       weight_decay=weight_decay), **options)
-        self._pending: list = []
-        self._pending_write_back: list = []
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
@@ -113,38 +111,15 @@ class SANIA(ElementwiseOptimizer):
 
     # ------------------------------------------------------------------- two passes: directions, then γ·d
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
-        """First pass only: update the preconditioner, keep d and this bucket's share of q for ``step``."""
+        """First pass only: update the preconditioner, keep d and this bucket's share of q."""
         ds = self._directions(group, ps, gs, sts, keys, c)
         q = [torch.sum(g * d, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32).double()
              for g, d in zip(gs, ds)]
         self._pending.append((ps, ds, c, q))
 
-    def _write_back(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
-        self._pending_write_back.extend(pairs)  # after the second pass has moved the working copies
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One SANIA step; the closure must re-evaluate the loss (returned) and its gradients."""
-        if closure is None:
-            raise RuntimeError("SANIA.step() needs a closure that returns the loss "
-                               "(e.g. `def closure(): opt.zero_grad(); l = f(); l.backward(); return l`)")
-        with torch.enable_grad():
-            loss = closure()
+    def _second_pass(self, pending: list, loss: Any) -> None:
         if loss is None:
             raise RuntimeError("SANIA.step(): the closure must return the loss (its value sets the step size)")
-        work = self._gather()
-        if not self._finite_or_policy(work):
-            return loss
-        self._pending, self._pending_write_back = [], []
-        try:
-            for group, items in work:
-                if items:
-                    self._step_group(group, items, loss)  # the base's preamble; our _run_kernel stops after d
-            pending, write_back = self._pending, self._pending_write_back
-        finally:
-            self._pending, self._pending_write_back = [], []
-        if not pending:
-            return loss
         qs = [x for *_, q in pending for x in q]
         q = float(torch.stack([x.to(qs[0].device) for x in qs]).sum())
         f = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
@@ -154,8 +129,6 @@ class SANIA(ElementwiseOptimizer):
             if c["decay"] != 1.0:
                 torch._foreach_mul_(ps, c["decay"])
             torch._foreach_sub_(ps, steps)
-        super()._write_back(write_back)
-        return loss
 
 
 register(OptimizerInfo(
