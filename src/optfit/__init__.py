@@ -1,8 +1,8 @@
 """optfit: fit the optimizer to the task."""
 
-from . import optim
+from . import gap, optim
 from .factory import create_optimizer
 from .registry import OptimizerInfo, list_optimizers, optimizer_info
 
 __version__ = "0.1.0"
-__all__ = ["optim", "create_optimizer", "list_optimizers", "optimizer_info", "OptimizerInfo", "__version__"]
+__all__ = ["gap", "optim", "create_optimizer", "list_optimizers", "optimizer_info", "OptimizerInfo", "__version__"]

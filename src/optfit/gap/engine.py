@@ -1,0 +1,198 @@
+"""What every gap optimizer shares: K candidate filters, scores, the choice, introspection.
+
+A gap optimizer keeps one buffer per candidate (stacked as ``state["exp_avgs"]`` / ``"momentum_buffers"``,
+shape (K, *param.shape)), updates all of them every step, scores each candidate by its alignment with the
+gradient per unit norm of the filter it applies (``filters.py``), chooses with ``selector.decide`` and
+steps with the chosen candidate's buffer. Two passes: the first updates buffers and returns per-tensor
+scores; once every group has been seen, the second decides (per tensor, or globally from the summed
+scores) and moves the parameters.
+
+Settled choices (each is tested in ``tests/gap``):
+
+- **First steps.** Scores use the exact norm of the *truncated* filter (t taps after t steps), so they
+  are comparable from step 1, where every candidate's filter is the identity and all scores tie; ties
+  keep the current candidate, which starts as ``initial`` (default: the candidate nearest 0.9).
+- **Switching** never resets a buffer: all K buffers are updated every step, so the new candidate is
+  warm. ``hysteresis`` is a consecutive-step debounce (``selector.py``).
+- **Weight decay** does not enter the score when decoupled (gap-adamw); with coupled L2 (gap-sgd,
+  gap-adam) the buffers filter g + λθ, so the score does too: it scores the filter the optimizer runs.
+- **score="current"** (the published rule) scores ⟨g_t, u_{j,t}⟩ with u_{j,t} already holding g_t;
+  **score="next"** scores the previous step's direction against the fresh gradient, ⟨g_t, u_{j,t−1}⟩, an
+  independent sample that does not reward fitting the current batch's noise (pitfall 5 of the method note).
+- **Global mode** sums the per-tensor scores over every global-mode group (one reduction point,
+  ``_global_scores``, where sharded parameters would all-reduce); those groups must share one candidate list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..optim import _features as F
+from ..optim import _validation as V
+from ..optim._base import ElementwiseOptimizer
+from . import selector
+
+MODES = ("global", "per_param")
+SCORES = ("current", "next")
+
+
+class GapOptimizer(ElementwiseOptimizer):
+    """Base of ``GapSGD`` and ``GapAdam``/``GapAdamW``; subclasses define the buffer maths in
+    ``_first_pass`` (update buffers, return K raw scores) and ``_direction`` (the step of candidate j)."""
+
+    two_pass = True
+    IMPLS: ClassVar[tuple[str, ...]] = ("auto", "reference")
+    candidates_key: ClassVar[str] = "candidates"
+    buffer_key: ClassVar[str] = "buffers"
+
+    def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
+        self._global_state: dict[str, Tensor] | None = None
+        super().__init__(params, defaults, **options)
+
+    # ------------------------------------------------------------------------------------ validation
+    def _check_group(self, group: dict[str, Any]) -> None:
+        impl = group.get("impl", "auto")
+        if impl not in self.IMPLS:
+            raise ValueError(f"Invalid impl: {impl!r}; {type(self).__name__} offers {list(self.IMPLS)}")
+        super()._check_group(group)
+        key = self.candidates_key
+        cands = group[key]
+        if isinstance(cands, (int, float)) or not isinstance(cands, Sequence) or len(cands) == 0:
+            raise ValueError(f"Invalid {key}: {cands!r}; give a non-empty sequence of values in [0, 1)")
+        for b in cands:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid {key}: {cands!r}; every value must be a number in [0, 1)")
+        if len(set(cands)) != len(cands):
+            raise ValueError(f"Invalid {key}: {cands!r}; values must be distinct")
+        group[key] = tuple(float(b) for b in cands)
+        V.choice("mode", group["mode"], MODES)
+        V.choice("score", group["score"], SCORES)
+        V.in_range("score_ema", group["score_ema"], 0.0, 1.0)
+        V.integer("hysteresis", group["hysteresis"], 0)
+        if group["initial"] is not None and group["initial"] not in group[key]:
+            raise ValueError(f"Invalid initial: {group['initial']!r}; it must be one of {key}={group[key]}")
+
+    def _initial_index(self, group: dict[str, Any]) -> int:
+        cands = group[self.candidates_key]
+        target = 0.9 if group["initial"] is None else group["initial"]
+        return min(range(len(cands)), key=lambda j: abs(cands[j] - target))
+
+    # ------------------------------------------------------------------------------- subclass API
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(group, p, state)
+        k = len(group[self.candidates_key])
+        state[self.buffer_key] = p.new_zeros((k, *p.shape))
+        state.update(selector.new_state(k, self._initial_index(group)))
+
+    def _first_pass(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any],
+                    group: dict[str, Any]) -> list[float]:
+        raise NotImplementedError
+
+    def _direction(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any], j: int,
+                   group: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------- two passes
+    def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
+        scores = [self._first_pass(p, g, st, c, group) for p, g, st in zip(ps, gs, sts)]
+        self._pending.append((group, ps, gs, sts, c, scores))
+
+    def _global_scores(self, pending: list) -> list[float] | None:
+        """Σ over every tensor of the global-mode groups (the one reduction of the global rule)."""
+        rows = [s for group, *_, scores in pending if group["mode"] == "global" for s in scores]
+        if not rows:
+            return None
+        lists = {group[self.candidates_key] for group, *_ in pending if group["mode"] == "global"}
+        if len(lists) > 1:
+            raise ValueError(f"mode='global' needs one {self.candidates_key} list shared by every global param "
+                             f"group; got {sorted(lists)} (use mode='per_param' for different lists)")
+        return torch.tensor(rows, dtype=torch.float64).sum(0).tolist()
+
+    def _second_pass(self, pending: list, loss: Any) -> None:
+        totals = self._global_scores(pending)
+        chosen_global = None
+        if totals is not None:
+            first = next(g for g, *_ in pending if g["mode"] == "global")
+            if self._global_state is None:
+                self._global_state = selector.new_state(len(totals), self._initial_index(first))
+            chosen_global = selector.decide(self._global_state, totals, first["score_ema"], first["hysteresis"])
+        for group, ps, gs, sts, c, scores in pending:
+            for p, g, st, sc in zip(ps, gs, sts, scores):
+                if group["mode"] == "global":
+                    j = chosen_global
+                    st["gap_index"].fill_(j)
+                    st["gap_score"].copy_(self._global_state["gap_score"])
+                    st["gap_counts"][j] += 1
+                else:
+                    j = selector.decide(st, sc, group["score_ema"], group["hysteresis"])
+                s = self._direction(p, g, st, c, j, group)
+                if group["cautious"]:
+                    s = F.cautious(s, g)
+                if c["decay"] != 1.0:
+                    p.mul_(c["decay"])
+                p.sub_(s)
+
+    # ------------------------------------------------------------------------------- introspection
+    def selection(self) -> list[list[float]]:
+        """Per param group, the candidate value each parameter uses now (the initial one before its first step)."""
+        out = []
+        for group in self.param_groups:
+            cands = group[self.candidates_key]
+            row = []
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                j = int(st["gap_index"]) if "gap_index" in st else self._initial_index(group)
+                row.append(cands[j])
+            out.append(row)
+        return out
+
+    def gap_stats(self) -> list[dict[str, Any]]:
+        """Per param group: ``candidates``, the running ``scores`` (the global ones in global mode, else the mean
+        over the group's parameters) and the ``fraction`` of parameter-steps that used each candidate."""
+        out = []
+        for group in self.param_groups:
+            cands = group[self.candidates_key]
+            k = len(cands)
+            states = [self.state[p] for p in group["params"] if "gap_counts" in self.state.get(p, {})]
+            counts = torch.zeros(k, dtype=torch.float64)
+            scores = torch.zeros(k, dtype=torch.float64)
+            for st in states:
+                counts += st["gap_counts"].double()
+                scores += st["gap_score"]
+            total = float(counts.sum())
+            if group["mode"] == "global" and self._global_state is not None:
+                scores = self._global_state["gap_score"].clone()
+            elif states:
+                scores /= len(states)
+            out.append({"candidates": list(cands), "mode": group["mode"], "scores": scores.tolist(),
+                        "fraction": (counts / total).tolist() if total else [0.0] * k,
+                        "selection": self.selection()[len(out)]})
+        return out
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        if self._global_state is not None:
+            sd["optfit"]["gap_global"] = {k: v.clone() for k, v in self._global_state.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Like every optfit optimizer; the selector's float64 scores and integer counters keep their dtype."""
+        originals = {k: dict(v) for k, v in state_dict.get("state", {}).items()} if isinstance(state_dict, dict) else {}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in originals.items():
+            for key, v in saved.items():
+                if key.startswith("gap_") and isinstance(v, Tensor):
+                    self.state[params[index]][key] = v.clone().to(device=params[index].device)
+        saved_global = state_dict.get("optfit", {}).get("gap_global")
+        self._global_state = {k: v.clone() for k, v in saved_global.items()} if saved_global else None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_global_state", None)
+

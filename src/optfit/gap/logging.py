@@ -1,0 +1,35 @@
+"""Send a gap optimizer's choices to TensorBoard (or anything with ``add_scalar(tag, value, step)``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def attach_summary_writer(optimizer: Any, writer: Any, every: int = 1, prefix: str = "gap"):
+    """Log after every ``every``-th step, per param group g and candidate value b:
+    ``{prefix}/group{g}/selected_mean`` (mean selected value over the group's parameters),
+    ``{prefix}/group{g}/score/{b}`` (running score) and ``{prefix}/group{g}/fraction/{b}`` (share of
+    parameter-steps so far). Returns the hook handle (``.remove()`` stops logging)."""
+    if not hasattr(optimizer, "gap_stats"):
+        raise TypeError(f"attach_summary_writer: {type(optimizer).__name__} is not a gap optimizer (no gap_stats())")
+    if not hasattr(writer, "add_scalar"):
+        raise TypeError("attach_summary_writer: writer needs an add_scalar(tag, value, step) method "
+                        "(e.g. torch.utils.tensorboard.SummaryWriter)")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"Invalid every: {every!r} (must be an integer >= 1)")
+    counter = {"step": 0}
+
+    def hook(opt: Any, args: Any, kwargs: Any) -> None:
+        counter["step"] += 1
+        step = counter["step"]
+        if step % every:
+            return
+        for g, stats in enumerate(opt.gap_stats()):
+            sel = stats["selection"]
+            if sel:
+                writer.add_scalar(f"{prefix}/group{g}/selected_mean", sum(sel) / len(sel), step)
+            for b, score, frac in zip(stats["candidates"], stats["scores"], stats["fraction"]):
+                writer.add_scalar(f"{prefix}/group{g}/score/{b:g}", score, step)
+                writer.add_scalar(f"{prefix}/group{g}/fraction/{b:g}", frac, step)
+
+    return optimizer.register_step_post_hook(hook)
