@@ -76,6 +76,8 @@ def optfit_candidates(names: list[str], impls: list[str]) -> list[Candidate]:
         for impl in impls:
             if impl == "foreach" and not info.supports_foreach:
                 continue
+            if impl not in getattr(info.cls, "IMPLS", (impl,)):
+                continue
             variants = [("", {})]
             if name == "adamw" and impl != "reference":
                 variants.append((" nonfinite=ignore", {"nonfinite": "ignore"}))

@@ -73,32 +73,39 @@ class GapAdam(GapOptimizer):
         return c
 
     @staticmethod
+    def _denominator(v: Tensor, bc2_sqrt: float, eps: float) -> Tensor:
+        return torch.sqrt(v).div_(bc2_sqrt).add_(eps)
+
+    @staticmethod
     def _scores(m: Tensor, g: Tensor, d: Tensor, scale: list[float]) -> list[float]:
         """J_j = ⟨g, m_j/d⟩·scale_j / mean(1/d), accumulated in float32 or better."""
         acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-        r = (g / d).reshape(-1).to(acc)
+        inv = torch.reciprocal(d).to(acc)
+        w = float(inv.mean())
+        r = inv.mul_(g).reshape(-1)
         raw = (m.reshape(m.shape[0], -1).to(acc) @ r).double()
-        w = float(d.reciprocal().to(acc).mean())
         return [float(x) * s / w for x, s in zip(raw.tolist(), scale)]
 
-    def _first_pass(self, p, g, st, c, group) -> list[float]:
+    def _first_pass(self, p, g, st, c, group, scratch) -> list[float]:
         m, v = st["exp_avgs"], st["exp_avg_sq"]
         k = m.shape[0]
         if group["score"] == "next":
             scores = [0.0] * k
             if c["t"] > 1:
-                d_prev = (v.sqrt() / c["prev_bc2_sqrt"]).add_(c["eps"])
-                scores = self._scores(m, g, d_prev, c["prev_scale"])
-        v.mul_(c["b2"]).add_(g * g * (1 - c["b2"]))
+                scores = self._scores(m, g, self._denominator(v, c["prev_bc2_sqrt"], c["eps"]), c["prev_scale"])
+        v.mul_(c["b2"]).addcmul_(g, g, value=1 - c["b2"])
         weight = torch.tensor([1 - b for b in group["beta1_candidates"]], dtype=m.dtype)
         m.lerp_(g.unsqueeze(0).expand_as(m), weight.view(k, *([1] * g.ndim)))
+        d = scratch["d"] = self._denominator(v, c["bc2_sqrt"], c["eps"])  # reused by the second pass
         if group["score"] == "current":
-            scores = self._scores(m, g, (v.sqrt() / c["bc2_sqrt"]).add_(c["eps"]), c["scale"])
+            scores = self._scores(m, g, d, c["scale"])
         return scores
 
-    def _direction(self, p, g, st, c, j, group) -> Tensor:
-        d = (st["exp_avg_sq"].sqrt() / c["bc2_sqrt"]).add_(c["eps"])
-        return st["exp_avgs"][j] / d * (c["lr"] / c["bc1"][j])
+    def _direction(self, p, g, st, c, j, group, scratch) -> Tensor:
+        return st["exp_avgs"][j] / scratch["d"] * (c["lr"] / c["bc1"][j])
+
+    def _apply(self, p, g, st, c, j, group, scratch) -> None:
+        p.addcdiv_(st["exp_avgs"][j], scratch["d"], value=-c["lr"] / c["bc1"][j])
 
 
 class GapAdamW(GapAdam):

@@ -88,22 +88,26 @@ class GapOptimizer(ElementwiseOptimizer):
         state[self.buffer_key] = p.new_zeros((k, *p.shape))
         state.update(selector.new_state(k, self._initial_index(group)))
 
-    def _first_pass(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any],
-                    group: dict[str, Any]) -> list[float]:
+    def _first_pass(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any], group: dict[str, Any],
+                    scratch: dict[str, Tensor]) -> list[float]:
+        """Update the candidates' buffers; return their K scores. ``scratch`` carries temporaries (e.g. Adam's
+        denominator) to the second pass of the same step."""
         raise NotImplementedError
 
     def _direction(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any], j: int,
-                   group: dict[str, Any]) -> Tensor:
+                   group: dict[str, Any], scratch: dict[str, Tensor]) -> Tensor:
+        """The step s of candidate j (θ ← θ − s)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------- two passes
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
-        scores = [self._first_pass(p, g, st, c, group) for p, g, st in zip(ps, gs, sts)]
-        self._pending.append((group, ps, gs, sts, c, scores))
+        scratches = [{} for _ in ps]
+        scores = [self._first_pass(p, g, st, c, group, x) for p, g, st, x in zip(ps, gs, sts, scratches)]
+        self._pending.append((group, ps, gs, sts, c, scores, scratches))
 
     def _global_scores(self, pending: list) -> list[float] | None:
         """Σ over every tensor of the global-mode groups (the one reduction of the global rule)."""
-        rows = [s for group, *_, scores in pending if group["mode"] == "global" for s in scores]
+        rows = [s for group, *_, scores, _ in pending if group["mode"] == "global" for s in scores]
         if not rows:
             return None
         lists = {group[self.candidates_key] for group, *_ in pending if group["mode"] == "global"}
@@ -120,8 +124,8 @@ class GapOptimizer(ElementwiseOptimizer):
             if self._global_state is None:
                 self._global_state = selector.new_state(len(totals), self._initial_index(first))
             chosen_global = selector.decide(self._global_state, totals, first["score_ema"], first["hysteresis"])
-        for group, ps, gs, sts, c, scores in pending:
-            for p, g, st, sc in zip(ps, gs, sts, scores):
+        for group, ps, gs, sts, c, scores, scratches in pending:
+            for p, g, st, sc, x in zip(ps, gs, sts, scores, scratches):
                 if group["mode"] == "global":
                     j = chosen_global
                     st["gap_index"].fill_(j)
@@ -129,12 +133,17 @@ class GapOptimizer(ElementwiseOptimizer):
                     st["gap_counts"][j] += 1
                 else:
                     j = selector.decide(st, sc, group["score_ema"], group["hysteresis"])
-                s = self._direction(p, g, st, c, j, group)
-                if group["cautious"]:
-                    s = F.cautious(s, g)
                 if c["decay"] != 1.0:
                     p.mul_(c["decay"])
-                p.sub_(s)
+                if group["cautious"]:
+                    p.sub_(F.cautious(self._direction(p, g, st, c, j, group, x), g))
+                else:
+                    self._apply(p, g, st, c, j, group, x)
+
+    def _apply(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any], j: int,
+               group: dict[str, Any], scratch: dict[str, Tensor]) -> None:
+        """θ ← θ − s_j (after decay); subclasses may fuse it (e.g. one addcdiv)."""
+        p.sub_(self._direction(p, g, st, c, j, group, scratch))
 
     # ------------------------------------------------------------------------------- introspection
     def selection(self) -> list[list[float]]:

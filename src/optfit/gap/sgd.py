@@ -71,7 +71,7 @@ class GapSGD(GapOptimizer):
             gb = [gg + mu * x for mu, x in zip(mus, gb)]
         return [x * s for x, s in zip(gb, inv_norm)]
 
-    def _first_pass(self, p, g, st, c, group) -> list[float]:
+    def _first_pass(self, p, g, st, c, group, scratch) -> list[float]:
         b = st["momentum_buffers"]
         mus, nesterov = group["momentum_candidates"], group["nesterov"]
         k = b.shape[0]
@@ -91,11 +91,19 @@ class GapSGD(GapOptimizer):
             scores = self._scores(b, g, mus, nesterov, c["inv_norm"], gg)
         return scores
 
-    def _direction(self, p, g, st, c, j, group) -> Tensor:
+    def _direction(self, p, g, st, c, j, group, scratch) -> Tensor:
         b = st["momentum_buffers"][j]
         if group["nesterov"]:
             return (g + group["momentum_candidates"][j] * b) * c["lr"]
         return b * c["lr"]
+
+    def _apply(self, p, g, st, c, j, group, scratch) -> None:
+        b = st["momentum_buffers"][j]
+        if group["nesterov"]:
+            p.add_(g, alpha=-c["lr"])
+            p.add_(b, alpha=-c["lr"] * group["momentum_candidates"][j])
+        else:
+            p.add_(b, alpha=-c["lr"])
 
 
 register(OptimizerInfo(
