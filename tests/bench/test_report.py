@@ -1,0 +1,122 @@
+"""The HTML report: self-contained (only data-URI PNGs, a CSP that allows nothing else), every user string
+escaped, and robust to failed/diverged trials, missing targets, a missing baseline and bad gap histories."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import sys
+from html.parser import HTMLParser
+
+import pytest
+
+from optfit.bench.report import leaderboard_text, write_report
+from optfit.bench.summary import WorkloadMeta
+
+from .synthetic_results import EVIL, META, N_FULL_IMAGES, full_report, make_results, trial
+
+
+class Tags(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def all(self, name: str) -> list[dict]:
+        return [a for t, a in self.tags if t == name]
+
+
+def png_size(data_uri: str) -> tuple[int, int]:
+    prefix = "data:image/png;base64,"
+    assert data_uri.startswith(prefix)
+    raw = base64.b64decode(data_uri[len(prefix):], validate=True)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"
+    return struct.unpack(">II", raw[16:24])
+
+
+def test_report_is_self_contained_with_all_figures():
+    path = full_report()
+    assert path.name == "report.html" and path.is_file()
+    text = path.read_text(encoding="utf-8")
+    tags = Tags(text)
+    for _, attrs in tags.tags:
+        for key in ("src", "href", "action", "srcset", "poster"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not value.startswith(("http:", "https:", "//", "file:")), (key, value[:80])
+    assert not tags.all("link") and not tags.all("iframe") and "@import" not in text and "url(" not in text
+    csp = [a["content"] for a in tags.all("meta") if a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0] and "img-src data:" in csp[0]
+    imgs = tags.all("img")
+    assert len(imgs) == N_FULL_IMAGES
+    for img in imgs:
+        w, h = png_size(img["src"])
+        assert w >= 400 and h >= 100 and img.get("alt")
+    for section in ("leaderboard", "time", "profiles", "claims", "curves", "learned", "overhead", "selection",
+                    "configs", "problems"):
+        assert f'id="{section}"' in text
+
+
+def test_every_user_string_is_escaped():
+    text = full_report().read_text(encoding="utf-8")
+    assert EVIL not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert len(Tags(text).all("script")) == 1  # only the report's own, hash-pinned script
+    assert "<b>bold</b>" not in text and "&lt;b&gt;bold&lt;/b&gt;" in text  # an error message
+    assert "&quot;lr&quot;: &quot;&lt;script&gt;" in text  # a hyperparameter value
+
+
+def test_report_content_for_misses_failures_and_missing_targets():
+    text = full_report().read_text(encoding="utf-8")
+    assert "none (no time to target)" in text  # workload "lm" has no target
+    assert "class=miss>miss" in text  # sgd misses "quad" on a majority of seeds
+    for status in ("diverged", "failed"):
+        assert f"<td class=t>{status}</td>" in text
+    assert "Share of all logged selections: 0.5: 48%, 0.9: 19%, 0.99: 33%" in text
+
+
+def test_no_baseline_no_targets_and_only_failed_trials(tmp_path):
+    meta = {"quad": WorkloadMeta("quad", target=None, max_steps=400)}
+    failed = [trial("quad", "sgd", 0, rate=0.0, status="failed"), trial("quad", "lion", 1, rate=0.0, status="failed")]
+    path = write_report(failed, meta, tmp_path / "nested" / "dir")
+    text = path.read_text(encoding="utf-8")
+    assert "baseline adamw-tuned not in the results" in text
+    assert "No workload has a target" in text
+    assert len(Tags(text).all("img")) == 1  # the (empty) curves figure only
+    assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temporary file left behind
+
+
+def test_bad_selection_history_is_reported_not_raised(tmp_path):
+    meta = {"quad": META["quad"]}
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02),
+           trial("quad", "gap-adamw", 0, rate=0.03, extras={"selection": [[0, "not a list of groups"]]})]
+    text = write_report(res, meta, tmp_path).read_text(encoding="utf-8")
+    assert "unreadable selection history" in text
+
+
+def test_empty_results_raise(tmp_path):
+    with pytest.raises(ValueError, match="results is empty"):
+        write_report([], META, tmp_path)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_leaderboard_text_plain(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rich", None)  # force the plain-text table
+    text = leaderboard_text(make_results(), META)
+    lines = text.splitlines()
+    header, rows = lines[0], lines[2:6]
+    col = header.index("optimizer")
+    assert [r[col:].split("  ")[0] for r in rows] == ["adamw-tuned (baseline)", "gap-adamw", EVIL, "sgd"]
+    assert rows[0].startswith("1  ") and rows[3].startswith("4  ")  # ranked by AlgoPerf score (seconds)
+    width = header.index("score (s)") + len("score (s)")
+    assert all(r[width - 5:width].strip() for r in rows)  # the score column is right-aligned under its header
+    assert "miss" not in text and "×0.816" in text  # gap-adamw's geometric-mean step ratio
+
+
+def test_leaderboard_text_strips_control_characters(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rich", None)
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "evil\x1b[2Jname", 0, rate=0.03)]
+    text = leaderboard_text(res, {"quad": META["quad"]})
+    assert "\x1b" not in text and "evil?[2Jname" in text
