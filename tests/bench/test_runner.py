@@ -1,0 +1,265 @@
+"""Schedules (hand values), ``run_trial`` (against a hand-written loop, timing, failure modes) and
+``run_experiment`` (real worker processes, crash isolation, kill -9 and resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import optfit.bench.runner as runner
+from optfit import create_optimizer
+from optfit.bench import schedules
+from optfit.bench.protocols import fixed
+from optfit.bench.records import TrialSpec
+from optfit.bench.runner import run_experiment, run_trial
+from optfit.bench.storage import ResultsDB
+from tests.bench.runner_workloads import TinyRegression
+
+MOD = "tests.bench.runner_workloads"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(workload: str = "TinyRegression", optimizer: str = "sgd", seed: int = 0, **hparams) -> TrialSpec:
+    return TrialSpec(workload=f"{MOD}:{workload}", optimizer=optimizer, hparams=hparams or {"lr": 0.1}, seed=seed)
+
+
+# -- schedules -------------------------------------------------------------------------------------------------
+
+def test_warmup_cosine_hand_values():
+    m = schedules.WarmupCosine(step_hint=4)
+    assert [m(t) for t in range(6)] == pytest.approx([1.0, 0.8535533906, 0.5, 0.1464466094, 0.0, 0.0])
+    m = schedules.multiplier({"kind": "warmup_cosine", "warmup": 0.1}, step_hint=100)  # W = 10, H = 100
+    assert [m(t) for t in (0, 4, 9, 10, 55, 100, 500)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 0.5, 0.0, 0.0])
+    m = schedules.multiplier({"kind": "warmup_cosine", "warmup_steps": 10, "final": 0.1}, step_hint=100)
+    assert [m(t) for t in (55, 100)] == pytest.approx([0.55, 0.1])
+    assert schedules.multiplier(None, 10)(7) == 1.0 == schedules.multiplier({"kind": "constant"}, 10)(3)
+
+
+def test_schedule_drives_the_optimizer_lr():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = schedules.attach(opt, {"kind": "warmup_cosine", "warmup_steps": 2}, step_hint=4)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([1.0, 2.0, 2.0, 1.0, 0.0])
+    assert schedules.attach(opt, None, 4) is None
+
+
+@pytest.mark.parametrize("bad, match", [({"kind": "step"}, "unknown; choose from constant, warmup_cosine"),
+                                        ({"kind": "warmup_cosine", "warmup": 1.5}, "warmup"),
+                                        ({"kind": "warmup_cosine", "warmup": 0.1, "warmup_steps": 3}, "not both"),
+                                        ({"kind": "constant", "warmup": 0.1}, "does not take warmup"),
+                                        ({"kind": "warmup_cosine", "warmup_steps": 10}, "warmup_steps")])
+def test_schedule_errors_name_the_argument(bad, match):
+    with pytest.raises(ValueError, match=match):
+        schedules.multiplier(bad, step_hint=10)
+
+
+# -- run_trial -------------------------------------------------------------------------------------------------
+
+def hand_loop(optimizer: str, hparams: dict, warmup_steps: int) -> list[tuple[int, float]]:
+    """The protocol written out by hand: seed, model, optimizer, schedule, evaluation every 10 steps."""
+    wl = TinyRegression()
+    model = wl.build_model(0)
+    opt = create_optimizer(model, optimizer, **hparams)
+    def lam(t: int) -> float:
+        if t < warmup_steps:
+            return (t + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup_steps) / (60 - warmup_steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    batches = wl.train_batches(0)
+    out = [(0, wl.evaluate(model)["loss"])]
+    for step in range(1, 61):
+        batch = next(batches)
+
+        def closure():
+            opt.zero_grad()
+            loss = wl.loss(model, batch)
+            loss.backward()
+            return loss
+
+        if optimizer == "grad-avg":
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+        sched.step()
+        if step % 10 == 0:
+            with torch.no_grad():
+                out.append((step, wl.evaluate(model)["loss"]))
+    return out
+
+
+@pytest.mark.parametrize("optimizer, hparams", [("sgd", {"lr": 0.1, "momentum": 0.9}), ("grad-avg", {"lr": 0.1})])
+def test_run_trial_matches_a_hand_written_loop(optimizer, hparams):
+    s = TrialSpec(f"{MOD}:TinyRegression", optimizer, hparams, schedule={"kind": "warmup_cosine", "warmup": 0.1})
+    threads = torch.get_num_threads()
+    res = run_trial(s)
+    assert torch.get_num_threads() == threads and os.environ["OMP_NUM_THREADS"] == "1"
+    assert res.status == "done", res.error
+    expected = hand_loop(optimizer, hparams, warmup_steps=6)
+    assert [p.step for p in res.curve] == [s for s, _ in expected]
+    assert [p.metrics["loss"] for p in res.curve] == pytest.approx([v for _, v in expected], rel=1e-5)
+    first = next(p for p in res.curve if p.metrics["loss"] <= TinyRegression.target)
+    assert (res.steps_to_target, res.seconds_to_target) == (first.step, first.wall_s)
+    assert res.steps == 60 and res.final_metrics == res.curve[-1].metrics
+    assert 0 < res.optimizer_seconds < res.train_seconds
+    assert "train_loss" in res.curve[1].metrics and "train_loss" not in res.curve[0].metrics
+    assert [p.wall_s for p in res.curve] == sorted(p.wall_s for p in res.curve)
+
+
+def test_stop_at_target():
+    res = run_trial(spec(), stop_at_target=True)
+    assert res.status == "done" and res.steps == res.steps_to_target == res.curve[-1].step < 60
+
+
+def test_evaluation_is_not_timed():
+    res = run_trial(spec("SlowEval"))  # 7 evaluations × 50 ms of sleep, 60 tiny steps
+    assert res.extras["total_seconds"] > 0.35
+    assert res.train_seconds < res.extras["total_seconds"] - 0.3
+
+
+def test_wall_and_process_time_are_both_logged():
+    res = run_trial(spec("SlowStep"))  # 30 steps sleeping 10 ms: wall time grows, process time hardly
+    assert res.status == "done" and res.train_seconds >= 0.3
+    assert res.extras["cpu_seconds"] < 0.5 * res.train_seconds
+    assert res.curve[-1].wall_s == pytest.approx(res.train_seconds)
+    assert res.curve[-1].cpu_s == pytest.approx(res.extras["cpu_seconds"])
+
+
+def test_divergence_is_detected():
+    res = run_trial(spec(lr=1e3))
+    assert res.status == "diverged" and "non-finite training loss" in res.error
+    assert 0 < res.steps < 60 and res.steps_to_target is None
+
+
+@pytest.mark.parametrize("workload, optimizer, hparams, match", [
+    ("Boom", "sgd", {"lr": 0.1}, "RuntimeError: boom at batch 5"),
+    ("Missing", "sgd", {"lr": 0.1}, "optfit data prepare"),
+    ("NoMetric", "sgd", {"lr": 0.1}, "without its metric 'loss'"),
+    ("TinyRegression", "no-such-optimizer", {"lr": 0.1}, "unknown optimizer"),
+    ("TinyRegression", "sgd", {"lr": 0.1, "bogus": 1}, "bogus"),
+    ("NoSuchClass", "sgd", {"lr": 0.1}, "not a Workload subclass"),
+])
+def test_failures_become_failed_results(workload, optimizer, hparams, match):
+    res = run_trial(spec(workload, optimizer, **hparams))
+    assert res.status == "failed" and match in res.error
+
+
+def test_boom_keeps_the_curve_so_far():
+    res = run_trial(spec("Boom"))
+    assert res.steps == 5 and [p.step for p in res.curve] == [0] and res.final_metrics == res.curve[0].metrics
+
+
+class FakeGap(torch.optim.SGD):
+    """An SGD that reports a 'selection' (its step count) and gap statistics, like the gap optimizers will."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
+
+    def selection(self):
+        return torch.tensor(self.steps % 3)
+
+    def gap_stats(self):
+        return {"steps": torch.tensor([self.steps]), "beta": (0.5, 0.9)}
+
+
+def test_selection_and_gap_stats_are_recorded(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "create_optimizer", lambda model, name, **hp: FakeGap(model.parameters(), hp["lr"]))
+    res = run_trial(spec())
+    assert res.extras["selection"] == [[s, s % 3] for s in range(0, 61, 10)]
+    assert res.extras["gap_stats"] == {"steps": [60], "beta": [0.5, 0.9]}
+    with ResultsDB(tmp_path / "r.db") as db:  # and they survive the database
+        db.record_result(res, experiment="e")
+        assert db.results("e")[0].extras["selection"] == res.extras["selection"]
+
+
+# -- run_experiment --------------------------------------------------------------------------------------------
+
+def test_run_experiment_in_worker_processes_isolates_crashes_and_resumes(tmp_path, capfd):
+    db = tmp_path / "r.db"
+    # the crash kills a worker; its trial is failed (max_attempts=1) by the survivor or the supervisor
+    specs = fixed(f"{MOD}:TinyRegression", ["sgd"], {"sgd": {"lr": 0.1}}, seeds=3) + [spec("Boom"), spec("Crash")]
+    results = run_experiment(specs, db, "exp", workers=2, max_attempts=1, poll_s=0.1)
+    by_workload = {}
+    for r in results:
+        by_workload.setdefault(r.spec.workload.split(":")[1], []).append(r)
+    assert [r.status for r in by_workload["TinyRegression"]] == ["done"] * 3
+    assert by_workload["Crash"][0].status == "failed" and "died" in by_workload["Crash"][0].error
+    assert by_workload["Boom"][0].status == "failed"
+    err = capfd.readouterr().err
+    assert "[5/5]" in err and "target at step" in err
+    with ResultsDB(db) as d:
+        before = {r["key"]: r["finished"] for r in d.trials("exp")}
+        pids = {r["claimed_by"].split(":")[1] for r in d.trials("exp") if r["status"] == "done"}
+        assert str(os.getpid()) not in pids  # trials ran in worker processes
+    again = run_experiment(specs, db, "exp", workers=2, retry_failed=False, progress=False)
+    assert [r.spec.key() for r in again] == [r.spec.key() for r in results]
+    with ResultsDB(db) as d:
+        assert {r["key"]: r["finished"] for r in d.trials("exp")} == before  # nothing was rerun
+
+
+KILLABLE = """
+import sys
+from optfit.bench.protocols import fixed
+from optfit.bench.runner import run_experiment
+specs = fixed("tests.bench.runner_workloads:SlowStep", ["sgd"], {"sgd": {"lr": 0.1}}, seeds=4)
+run_experiment(specs, sys.argv[1], "exp", workers=0, progress=False)  # trials run in this process
+"""
+
+
+def test_kill_9_of_a_running_experiment_then_resume(tmp_path):
+    db = tmp_path / "r.db"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(db)], cwd=ROOT, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            time.sleep(0.1)
+            if db.exists():
+                with ResultsDB(db, check=False) as d:
+                    if d.counts("exp")["done"] >= 1 and d.counts("exp")["running"] == 1:
+                        break
+        else:
+            pytest.fail("the experiment did not start in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with ResultsDB(db) as d:
+        rows = d.trials("exp")
+        done_before = {r["key"]: r["finished"] for r in rows if r["status"] == "done"}
+        (in_flight,) = [r["key"] for r in rows if r["status"] == "running"]
+    specs = fixed(f"{MOD}:SlowStep", ["sgd"], {"sgd": {"lr": 0.1}}, seeds=4)
+    results = run_experiment(specs, db, "exp", workers=0, progress=False)
+    assert len(results) == 4 and all(r.status == "done" for r in results)
+    assert all(len(r.curve) == 4 for r in results)  # steps 0, 10, 20, 30
+    with ResultsDB(db) as d:
+        rows = {r["key"]: r for r in d.trials("exp")}
+    assert rows[in_flight]["attempts"] == 2  # the interrupted trial was rerun
+    assert all(rows[k]["finished"] == t and rows[k]["attempts"] == 1 for k, t in done_before.items())
+
+
+def test_run_experiment_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        run_experiment([], tmp_path / "r.db", "exp", workers=-1)
+    with pytest.raises(TypeError, match=r"specs\[0\]"):
+        run_experiment([{"workload": "x"}], tmp_path / "r.db", "exp")
+    assert json.loads(json.dumps(runner._Options().__dict__))  # worker options travel as JSON
