@@ -1,4 +1,5 @@
-"""Command line: ``optfit list`` (the registry table) and ``optfit demo`` (the digits leaderboard)."""
+"""Command line: ``optfit list`` (the registry table), ``optfit demo`` (the smoke showdown), ``optfit data …``
+(offline datasets) and ``optfit bench …`` (the showdown)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--steps", type=int, default=300)
     p_demo.add_argument("--out", default="out/demo", help="folder for the report")
     p_demo.set_defaults(func=_cmd_demo)
+    from .bench import cli as bench_cli
+    from .bench import data as bench_data
+
+    bench_data.add_cli(sub)
+    bench_cli.add_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError) as exc:  # bad arguments: one clear line, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"optfit {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
