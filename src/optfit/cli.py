@@ -24,17 +24,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .bench.digits import DEFAULT_OPTIMIZERS, demo
+DEMO_OPTIMIZERS = ("adamw-tuned", "adamw", "nadamw", "lion", "sgd", "gap-adamw", "gap-sgd", "muon", "adabelief")
 
-    names = tuple(args.optimizers.split(",")) if args.optimizers else DEFAULT_OPTIMIZERS
-    valid = set(list_optimizers())
-    bad = [n for n in names if n not in valid]
-    if bad:
-        print(f"--optimizers: unknown {', '.join(bad)}; choose from {', '.join(sorted(valid))}", file=sys.stderr)
-        return 2
-    demo(names, steps=args.steps, out_dir=args.out)
-    return 0
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the smoke showdown (``optfit bench run --suite smoke``) with the demo's optimizers."""
+    from .bench import cli as bench_cli
+
+    names = args.optimizers or ",".join(n for n in DEMO_OPTIMIZERS if n == "adamw-tuned" or n in list_optimizers())
+    run_args = argparse.Namespace(suite="smoke", workloads="", workload=None, db=f"{args.out}/showdown.sqlite",
+                                  workers=args.workers, optimizers=names, protocol="self", hparams="",
+                                  seeds=args.seeds, experiment="demo", out=args.out, quiet=False)
+    return bench_cli._cmd_run(run_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'adam*'")
     p_list.add_argument("--markdown", action="store_true", help="print the README table")
     p_list.set_defaults(func=_cmd_list)
-    p_demo = sub.add_parser("demo", help="train the digits MLP with several optimizers and print a leaderboard")
-    p_demo.add_argument("--optimizers", default="", help="comma-separated registry names")
-    p_demo.add_argument("--steps", type=int, default=300)
-    p_demo.add_argument("--out", default="out/demo", help="folder for the report")
+    p_demo = sub.add_parser("demo", help="the smoke showdown: several optimizers incl. tuned AdamW and gap-adamw on "
+                                         "the smoke suite; prints the leaderboard, writes the HTML report")
+    p_demo.add_argument("--optimizers", default="", help="comma-separated registry names (and adamw-tuned)")
+    p_demo.add_argument("--seeds", type=int, default=1)
+    p_demo.add_argument("--workers", type=int, default=None, help="trial processes (default: one per CPU)")
+    p_demo.add_argument("--out", default="out/demo", help="folder for report.html and the results database")
     p_demo.set_defaults(func=_cmd_demo)
     from .bench import cli as bench_cli
     from .bench import data as bench_data
@@ -59,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .bench.storage import ResultsDBError
+    from .bench.workload import DataMissing
+
     try:
         return args.func(args)
-    except (ValueError, KeyError) as exc:  # bad arguments: one clear line, no traceback
+    except (ValueError, KeyError, ResultsDBError, DataMissing) as exc:  # bad input: one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"optfit {args.command}: {message}", file=sys.stderr)
         return 2
