@@ -129,7 +129,9 @@ def main() -> None:
     parser.add_argument("--optimizers", default="", help="comma-separated registry names (default: all)")
     parser.add_argument("--impls", default="foreach,compiled")
     args = parser.parse_args()
-    names = args.optimizers.split(",") if args.optimizers else optfit.list_optimizers()
+    # matrix optimizers take seconds per step on 8 × 1024² (benchmarks/matrix_step.py measures them): name them to include
+    names = args.optimizers.split(",") if args.optimizers else [
+        n for n in optfit.list_optimizers() if optfit.optimizer_info(n).family != "matrix"]
     impls = args.impls.split(",")
     n_params = sum(p.numel() for p in make_params())
     for threads in map(int, args.threads.split(",")):

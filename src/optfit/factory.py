@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .params import split_params
 from .registry import optimizer_info
 
 _NORM_TYPES = tuple(t for t in (
@@ -30,17 +31,18 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
+def _exempt_names(model: nn.Module, named: list, no_decay: Any, has_decay: bool) -> set[str]:
+    if not has_decay or no_decay is None:
+        return set()
+    if no_decay == "auto":
+        return no_decay_names(model)
+    patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay)
+    return {n for n, _ in named if any(fnmatch.fnmatch(n, pat) for pat in patterns)}
+
+
 def _module_groups(model: nn.Module, no_decay: Any, has_decay: bool) -> tuple[list, dict]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not has_decay:
-        exempt = set()
-    elif no_decay == "auto":
-        exempt = no_decay_names(model)
-    elif no_decay is None:
-        exempt = set()
-    else:
-        patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay)
-        exempt = {n for n, _ in named if any(fnmatch.fnmatch(n, pat) for pat in patterns)}
+    exempt = _exempt_names(model, named, no_decay, has_decay)
     decay = [p for n, p in named if n not in exempt]
     rest = [p for n, p in named if n in exempt]
     groups = []
@@ -51,7 +53,24 @@ def _module_groups(model: nn.Module, no_decay: Any, has_decay: bool) -> tuple[li
     return groups, {p: n for n, p in named}
 
 
+def _routed_groups(model: nn.Module, no_decay: Any, matrix_patterns: Any, exclude_patterns: Any) -> tuple[list, dict]:
+    """Matrix optimizers: ``split_params`` decides the ``kind`` of each group; ``no_decay`` applies within each."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = {p: n for n, p in named}
+    exempt = _exempt_names(model, named, no_decay, True)
+    groups = []
+    for kind, params in zip(("matrix", "adamw"), split_params(model, matrix_patterns, exclude_patterns)):
+        decay = [p for p in params if names[p] not in exempt]
+        rest = [p for p in params if names[p] in exempt]
+        if decay:
+            groups.append({"params": decay, "kind": kind})
+        if rest:
+            groups.append({"params": rest, "kind": kind, "weight_decay": 0.0})
+    return groups, names
+
+
 def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, no_decay: Any = "auto",
+                     matrix_patterns: Any = None, exclude_patterns: Any = None,
                      **hyperparameters: Any) -> torch.optim.Optimizer:
     """Build the registered optimizer ``name``.
 
@@ -59,6 +78,11 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, n
     ``weight_decay=0``; ``no_decay=None`` decays everything, or give fnmatch patterns of parameter names) or
     an iterable of tensors / param-group dicts, passed through as is. Unknown hyperparameters raise
     ``TypeError`` listing the accepted ones; every hyperparameter has a default.
+
+    Matrix optimizers (``muon``, ``adamuon``, ``root``: classes with ``routes_params``) given a module split it
+    with ``optfit.params.split_params(model, matrix_patterns, exclude_patterns)``: hidden ≥2-D weights form
+    ``kind="matrix"`` groups (``lr``, ``weight_decay``, ...), the rest ``kind="adamw"`` groups (``adamw_lr``,
+    ``adamw_betas``, ``adamw_eps``, ``adamw_weight_decay``); ``no_decay`` applies within each part.
     """
     info = optimizer_info(name)
     accepted = info.defaults
@@ -72,8 +96,16 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, n
                         f"{dict(info.preset)}); use {info.cls.__name__}'s own registry name to change it")
     kwargs = {**info.preset, **hyperparameters}
     names: dict[Any, str] = {}
+    routes = getattr(info.cls, "routes_params", False)
+    if (matrix_patterns is not None or exclude_patterns is not None) and not (
+            routes and isinstance(model_or_params, nn.Module)):
+        raise TypeError(f"matrix_patterns / exclude_patterns route the parameters of an nn.Module for a matrix "
+                        f"optimizer; {info.name} with {type(model_or_params).__name__} takes neither")
     if isinstance(model_or_params, nn.Module):
-        params, names = _module_groups(model_or_params, no_decay, "weight_decay" in accepted)
+        if routes:
+            params, names = _routed_groups(model_or_params, no_decay, matrix_patterns, exclude_patterns)
+        else:
+            params, names = _module_groups(model_or_params, no_decay, "weight_decay" in accepted)
         if not params:
             raise ValueError(f"the model {type(model_or_params).__name__} has no trainable parameters")
     else:

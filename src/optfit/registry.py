@@ -112,7 +112,9 @@ def markdown_table() -> str:
         i = optimizer_info(name)
         preset = ", ".join(f"{k}={v!r}" for k, v in i.preset.items())
         cls = f"`{i.cls.__name__}`" + (f" ({preset})" if preset else "")
-        fast = "foreach, compiled" if i.supports_foreach else "compiled"
+        impls = getattr(i.cls, "IMPLS", None)
+        fast = (", ".join(x for x in impls if x not in ("auto", "reference")) or "—") if impls is not None \
+            else ("foreach, compiled" if i.supports_foreach else "compiled")
         rows.append(f"| `{name}` | {cls} | {i.family} | {i.state_tensors:g} | {fast} | "
                     f"{'yes' if i.needs_closure else ''} | {i.paper} | {i.description} |")
     return "\n".join(rows)

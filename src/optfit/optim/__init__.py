@@ -14,13 +14,17 @@ from .adabelief import *  # noqa: F401,F403
 from .adabound import *  # noqa: F401,F403
 from .adafactor import *  # noqa: F401,F403
 from .adagrad import *  # noqa: F401,F403
+from .adamuon import *  # noqa: F401,F403
 from .ademamix import *  # noqa: F401,F403
 from .exadam import *  # noqa: F401,F403
 from .grad_avg import *  # noqa: F401,F403
 from .gravity import *  # noqa: F401,F403
 from .lion import *  # noqa: F401,F403
+from .muon import *  # noqa: F401,F403
 from .nadam import *  # noqa: F401,F403
+from .newton_schulz import *  # noqa: F401,F403
 from .radam import *  # noqa: F401,F403
 from .rmsprop import *  # noqa: F401,F403
 from .roaree import *  # noqa: F401,F403
+from .root import *  # noqa: F401,F403
 from .sania import *  # noqa: F401,F403
