@@ -60,21 +60,25 @@ class GapOptimizer(ElementwiseOptimizer):
             raise ValueError(f"Invalid impl: {impl!r}; {type(self).__name__} offers {list(self.IMPLS)}")
         super()._check_group(group)
         key = self.candidates_key
-        cands = group[key]
-        if isinstance(cands, (int, float)) or not isinstance(cands, Sequence) or len(cands) == 0:
-            raise ValueError(f"Invalid {key}: {cands!r}; give a non-empty sequence of values in [0, 1)")
-        for b in cands:
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid {key}: {cands!r}; every value must be a number in [0, 1)")
-        if len(set(cands)) != len(cands):
-            raise ValueError(f"Invalid {key}: {cands!r}; values must be distinct")
-        group[key] = tuple(float(b) for b in cands)
+        group[key] = self._check_candidates(key, group[key])
         V.choice("mode", group["mode"], MODES)
         V.choice("score", group["score"], SCORES)
         V.in_range("score_ema", group["score_ema"], 0.0, 1.0)
         V.integer("hysteresis", group["hysteresis"], 0)
         if group["initial"] is not None and group["initial"] not in group[key]:
             raise ValueError(f"Invalid initial: {group['initial']!r}; it must be one of {key}={group[key]}")
+
+    @staticmethod
+    def _check_candidates(key: str, cands: Any) -> tuple:
+        """Momentum-like candidates: distinct numbers in [0, 1)."""
+        if isinstance(cands, (int, float, str)) or not isinstance(cands, Sequence) or len(cands) == 0:
+            raise ValueError(f"Invalid {key}: {cands!r}; give a non-empty sequence of values in [0, 1)")
+        for b in cands:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid {key}: {cands!r}; every value must be a number in [0, 1)")
+        if len(set(cands)) != len(cands):
+            raise ValueError(f"Invalid {key}: {cands!r}; values must be distinct")
+        return tuple(float(b) for b in cands)
 
     def _initial_index(self, group: dict[str, Any]) -> int:
         cands = group[self.candidates_key]
@@ -85,7 +89,8 @@ class GapOptimizer(ElementwiseOptimizer):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
         k = len(group[self.candidates_key])
-        state[self.buffer_key] = p.new_zeros((k, *p.shape))
+        if self.buffer_key:
+            state[self.buffer_key] = p.new_zeros((k, *p.shape))
         state.update(selector.new_state(k, self._initial_index(group)))
 
     def _first_pass(self, p: Tensor, g: Tensor, st: dict[str, Any], c: dict[str, Any], group: dict[str, Any],
