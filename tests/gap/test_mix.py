@@ -64,3 +64,12 @@ def test_orthogonal_rule_scores_minus_infinity_on_vectors_and_runs_on_matrices()
 def test_bad_rules_name_the_argument(bad):
     with pytest.raises(ValueError, match="rules"):
         GapMix([torch.zeros(2, requires_grad=True)], rules=bad)
+
+
+def test_orthogonal_alone_steps_vectors_with_adams_direction():
+    b = torch.zeros(6, requires_grad=True)
+    opt = GapMix([b], lr=0.01, rules=("orthogonal",), weight_decay=0.0)
+    b.grad = torch.linspace(-1, 1, 6)
+    opt.step()
+    torch.testing.assert_close(b.detach(), -0.01 * torch.sign(torch.linspace(-1, 1, 6)) *
+                               (torch.linspace(-1, 1, 6) != 0), rtol=1e-4, atol=1e-6)

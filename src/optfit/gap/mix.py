@@ -12,7 +12,8 @@ Shared state: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g² (bias-c
     ũ_j = u_j / rms(u_j),   J_j = ⟨g, ũ_j⟩,   j* = choice(J),   θ ← θ − η·ũ_{j*}   (+ decoupled decay)
 
 So η is the per-element RMS of every step whatever rule runs (AdamW's own update RMS is typically 0.2–0.5·η).
-A rule that does not apply to a tensor ("orthogonal" on a vector) scores −∞ there. Default ``mode="per_param"``:
+A rule that does not apply to a tensor ("orthogonal" on a vector) scores −∞ there; if it is nonetheless the
+only rule (or the global choice), such a tensor steps with Adam's direction, like Muon's auxiliary AdamW. Default ``mode="per_param"``:
 each tensor picks its own rule. ``score="next"`` scores the previous step's directions against the fresh
 gradient. A question this optimizer is here to measure: does the mix beat its best single member?
 """
@@ -131,8 +132,8 @@ class GapMix(GapOptimizer):
 
     def _direction(self, p, g, st, c, j, group, scratch) -> Tensor:
         u = scratch.get(j)
-        if u is None:  # the global choice fell on a rule this tensor cannot run: use its first applicable rule
-            u = next(x for x in scratch.values() if x is not None)
+        if u is None:  # a rule this tensor cannot run ("orthogonal" on a vector): Adam's direction, as Muon's AdamW
+            u = _unit_rms(_direction("adam", st["exp_avg"], st["exp_avg_sq"], c))
         return u * c["lr"]
 
 
