@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from optfit.bench import data
 from optfit.bench.workload import DataMissing, Workload
 from optfit.bench.workloads import BUILTIN, SUITES, get_workload, list_workloads
-from optfit.bench.workloads._common import TARGETS_PATH, index_batches
+from optfit.bench.workloads._common import TARGETS_PATH, TARGETS_VERSION, index_batches
 from optfit.bench.workloads.charlm import CharGPT
 
 from .data_fakes import make_all
@@ -46,7 +46,7 @@ def test_registry_suites_and_targets():
     assert set(SUITES["quick"]) >= {"w10-digits", "w9-noisy-quadratic", "w2-softmax", "w5-cnn1d", "w7-lstm"}
     assert not any(n in NEEDS_DATA for n in SUITES["smoke"])  # smoke runs without `optfit data prepare`
     doc = json.loads(TARGETS_PATH.read_text())
-    assert doc["version"] == 1 and set(doc["workloads"]) == set(BUILTIN)
+    assert doc["version"] == TARGETS_VERSION and set(doc["workloads"]) == set(BUILTIN)
     for name, cls in BUILTIN.items():
         entry = doc["workloads"][name]
         assert (cls.name, cls.metric, cls.target, cls.higher_is_better) == \

@@ -97,6 +97,45 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    """AlgoPerf-style targets: rerun tuned AdamW with ``--seeds`` seeds; target = median over seeds of the best
+    validation metric each run reached. Writes a new version of targets.json (the old one stays in git)."""
+    import statistics
+
+    from .runner import run_experiment
+    from .showdown import tuned_specs
+    from .workloads import _common, get_workload
+
+    workloads = _workload_names(args)
+    specs = tuned_specs(workloads, range(args.seeds))
+    command = "optfit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = run_experiment(specs, args.db, "targets", workers=args.workers, command=command)
+    path = Path(args.targets) if args.targets else _common.TARGETS_PATH
+    doc = json.loads(path.read_text())
+    for w in workloads:
+        wl = get_workload(w)
+        best = []
+        for r in results:
+            if r.spec.workload != w or r.status != "done":
+                continue
+            values = [pt.metrics[wl.metric] for pt in r.curve if wl.metric in pt.metrics]
+            if values:
+                best.append(max(values) if wl.higher_is_better else min(values))
+        if len(best) < args.seeds:
+            raise ValueError(f"{w}: only {len(best)} of {args.seeds} tuned runs finished; target not changed")
+        target = float(statistics.median(best))
+        doc["workloads"][w] = {"metric": wl.metric, "higher_is_better": wl.higher_is_better,
+                               "target": float(f"{target:.6g}"),
+                               "source": f"median over {args.seeds} seeds of tuned AdamW's best {wl.metric} "
+                                         f"(`{command}`)"}
+        print(f"{w}: target {wl.metric} {'>=' if wl.higher_is_better else '<='} {target:.6g} "
+              f"(seed bests {', '.join(f'{b:.4g}' for b in best)})")
+    doc["version"] = int(doc.get("version", 1)) + 1 if not args.same_version else doc.get("version", 1)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"written: {path} (version {doc['version']}; set TARGETS_VERSION in workloads/_common.py to match)")
+    return 0
+
+
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="", help="smoke, quick or full")
     p.add_argument("--workloads", default="", help="comma-separated built-in workload names")
@@ -131,3 +170,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p_tune.add_argument("--studies", type=int, default=3)
     p_tune.add_argument("--tuned", default="", help="output JSON (default: the package's tuned.json)")
     p_tune.set_defaults(func=_cmd_tune)
+    p_tgt = sub.add_parser("targets", help="set targets AlgoPerf-style: median over seeds of tuned AdamW's best metric")
+    _selection_args(p_tgt)
+    p_tgt.add_argument("--seeds", type=int, default=5)
+    p_tgt.add_argument("--targets", default="", help="targets JSON to update (default: the package's targets.json)")
+    p_tgt.add_argument("--same-version", action="store_true", help="do not bump the file's version")
+    p_tgt.set_defaults(func=_cmd_targets)
