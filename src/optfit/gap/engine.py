@@ -168,7 +168,8 @@ class GapOptimizer(ElementwiseOptimizer):
         """Per param group: ``candidates``, the running ``scores`` (the global ones in global mode, else the mean
         over the group's parameters) and the ``fraction`` of parameter-steps that used each candidate."""
         out = []
-        for group in self.param_groups:
+        selections = self.selection()
+        for group, selected in zip(self.param_groups, selections):
             cands = group[self.candidates_key]
             k = len(cands)
             states = [self.state[p] for p in group["params"] if "gap_counts" in self.state.get(p, {})]
@@ -184,7 +185,7 @@ class GapOptimizer(ElementwiseOptimizer):
                 scores /= len(states)
             out.append({"candidates": list(cands), "mode": group["mode"], "scores": scores.tolist(),
                         "fraction": (counts / total).tolist() if total else [0.0] * k,
-                        "selection": self.selection()[len(out)]})
+                        "selection": selected})
         return out
 
     # ---------------------------------------------------------------------------------------- state

@@ -37,7 +37,7 @@ __all__ = ["GapMix", "RULES"]
 RULES = ("adam", "sign", "momentum", "orthogonal")
 
 
-def _direction(rule: str, m: Tensor, v: Tensor, c: dict[str, Any], prev: bool = False) -> Tensor | None:
+def _rule_direction(rule: str, m: Tensor, v: Tensor, c: dict[str, Any], prev: bool = False) -> Tensor | None:
     bc1, bc2 = (c["prev_bc1"], c["prev_bc2"]) if prev else (c["bc1"], c["bc2"])
     if rule == "adam":
         return (m / bc1) / (torch.sqrt(v / bc2) + c["eps"])
@@ -107,7 +107,7 @@ class GapMix(GapOptimizer):
         acc = torch.float64 if g.dtype == torch.float64 else torch.float32
         scores = []
         for j, rule in enumerate(rules):
-            u = _direction(rule, m, v, c, prev)
+            u = _rule_direction(rule, m, v, c, prev)
             if u is None:
                 scores.append(-math.inf)
                 continue
@@ -133,7 +133,7 @@ class GapMix(GapOptimizer):
     def _direction(self, p, g, st, c, j, group, scratch) -> Tensor:
         u = scratch.get(j)
         if u is None:  # a rule this tensor cannot run ("orthogonal" on a vector): Adam's direction, as Muon's AdamW
-            u = _unit_rms(_direction("adam", st["exp_avg"], st["exp_avg_sq"], c))
+            u = _unit_rms(_rule_direction("adam", st["exp_avg"], st["exp_avg_sq"], c))
         return u * c["lr"]
 
 
