@@ -125,7 +125,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
             raise ValueError(f"{w}: only {len(best)} of {args.seeds} tuned runs finished; target not changed")
         target = float(statistics.median(best))
         doc["workloads"][w] = {"metric": wl.metric, "higher_is_better": wl.higher_is_better,
-                               "target": float(f"{target:.6g}"),
+                               "target": target,  # unrounded: rounding would move it past the median run
                                "source": f"median over {args.seeds} seeds of tuned AdamW's best {wl.metric} "
                                          f"(`{command}`)"}
         print(f"{w}: target {wl.metric} {'>=' if wl.higher_is_better else '<='} {target:.6g} "
