@@ -130,7 +130,7 @@ def tuned_from_results(results: Iterable[TrialResult], command: str) -> dict[str
 
         best_per_study = sorted((min(ts, key=rank) for ts in _by_study(trials).values()), key=rank)
         chosen = best_per_study[len(best_per_study) // 2]
-        out[w] = {"hparams": chosen.spec.hparams, "schedule": chosen.spec.schedule,
+        out[w] = {"hparams": chosen.spec.hparams, "schedule": chosen.spec.schedule, "command": command,
                   "steps_to_target": chosen.steps_to_target,
                   "final": chosen.final_metrics.get(wl.metric)}
     return {"version": 1, "command": command, "note": "AdamW tuned by the external-tuning protocol (5 trials x 3 "
