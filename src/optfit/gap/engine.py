@@ -20,7 +20,8 @@ Settled choices (each is tested in ``tests/gap``):
   **score="next"** scores the previous step's direction against the fresh gradient, ⟨g_t, u_{j,t−1}⟩, an
   independent sample that does not reward fitting the current batch's noise (pitfall 5 of the method note).
 - **Global mode** sums the per-tensor scores over every global-mode group (one reduction point,
-  ``_global_scores``, where sharded parameters would all-reduce); those groups must share one candidate list.
+  ``_global_scores``, where sharded parameters would all-reduce); those groups must share one candidate list,
+  and the first global group's ``score_ema``/``hysteresis`` drive the one global choice.
 """
 
 from __future__ import annotations
