@@ -44,3 +44,33 @@ def test_bench_errors_name_the_argument(tmp_path, capsys):
     bad.write_bytes(b"not a database" * 100)
     assert main(["bench", "report", "--db", str(bad)]) == 2
     assert "bad.sqlite" in capsys.readouterr().err
+
+
+TINY = "tests.bench.runner_workloads:TinyRegression"
+
+
+def test_bench_tune_then_targets_write_versioned_files(tmp_path, capsys):
+    """`bench tune` records the median study's best AdamW trial; `bench targets` reruns it with seeds and
+    writes the median of the runs' best metric as a new version of the targets file."""
+    tuned, targets = tmp_path / "tuned.json", tmp_path / "targets.json"
+    assert main(["bench", "tune", "--workload", TINY, "--trials", "2", "--studies", "3", "--workers", "0",
+                 "--db", str(tmp_path / "tune.sqlite"), "--tuned", str(tuned)]) == 0
+    entry = json.loads(tuned.read_text())["workloads"][TINY]
+    assert set(entry["hparams"]) >= {"lr", "betas", "weight_decay"} and "bench tune" in entry["command"]
+    targets.write_text(json.dumps({"version": 7, "workloads": {}}))
+    assert main(["bench", "targets", "--workload", TINY, "--seeds", "3", "--workers", "0", "--db",
+                 str(tmp_path / "targets.sqlite"), "--tuned", str(tuned), "--targets", str(targets)]) == 0
+    doc = json.loads(targets.read_text())
+    assert doc["version"] == 8
+    t = doc["workloads"][TINY]
+    assert t["metric"] == "loss" and t["higher_is_better"] is False and "median over 3 seeds" in t["source"]
+    # the target is the median of the three runs' best (lowest) loss, read back from the database
+    from optfit.bench.storage import ResultsDB
+
+    with ResultsDB(tmp_path / "targets.sqlite") as db:
+        bests = sorted(min(pt.metrics["loss"] for pt in r.curve) for r in db.results("targets"))
+    assert t["target"] == bests[1]
+    capsys.readouterr()
+    assert main(["bench", "targets", "--workload", TINY, "--seeds", "3", "--workers", "0", "--db",
+                 str(tmp_path / "t2.sqlite"), "--tuned", str(tmp_path / "missing.json"), "--targets", str(targets)]) == 2
+    assert "bench tune" in capsys.readouterr().err  # no tuned settings: the message names the command to run

@@ -34,7 +34,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     names = args.optimizers or ",".join(n for n in DEMO_OPTIMIZERS if n == "adamw-tuned" or n in list_optimizers())
     run_args = argparse.Namespace(suite="smoke", workloads="", workload=None, db=f"{args.out}/showdown.sqlite",
                                   workers=args.workers, optimizers=names, protocol="self", hparams="",
-                                  seeds=args.seeds, experiment="demo", out=args.out, quiet=False)
+                                  seeds=args.seeds, experiment="demo", out=args.out, quiet=False,
+                                  argv=getattr(args, "argv", None))
     return bench_cli._cmd_run(run_args)
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else None  # recorded as the command that produced results
     from .bench.storage import ResultsDBError
     from .bench.workload import DataMissing
 

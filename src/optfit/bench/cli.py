@@ -11,6 +11,12 @@ from pathlib import Path
 from ..registry import list_optimizers
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (recorded with results, tuned settings and targets)."""
+    argv = getattr(args, "argv", None)
+    return "optfit " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -55,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          f"{', '.join(sorted(valid))}")
     hparams = json.loads(args.hparams) if args.hparams else None
     specs = build_specs(workloads, optimizers, args.protocol, args.seeds, hparams)
-    command = "optfit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command(args)
     results = run_experiment(specs, args.db, args.experiment, workers=args.workers, command=command,
                              progress=not args.quiet)
     keys = {s.key() for s in specs}
@@ -83,7 +89,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     workloads = _workload_names(args)
     specs = protocols.external_tuning(workloads, "adamw", trials=args.trials, studies=args.studies)
-    command = "optfit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command(args)
     results = run_experiment(specs, args.db, "tune-adamw", workers=args.workers, command=command)
     found = tuned_from_results(results, command)
     out = Path(args.tuned) if args.tuned else TUNED_PATH
@@ -103,12 +109,12 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     import statistics
 
     from .runner import run_experiment
-    from .showdown import tuned_specs
+    from .showdown import load_tuned, tuned_specs
     from .workloads import _common, get_workload
 
     workloads = _workload_names(args)
-    specs = tuned_specs(workloads, range(args.seeds))
-    command = "optfit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    specs = tuned_specs(workloads, range(args.seeds), load_tuned(args.tuned) if args.tuned else None)
+    command = _command(args)
     results = run_experiment(specs, args.db, "targets", workers=args.workers, command=command)
     path = Path(args.targets) if args.targets else _common.TARGETS_PATH
     doc = json.loads(path.read_text())
@@ -174,5 +180,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _selection_args(p_tgt)
     p_tgt.add_argument("--seeds", type=int, default=5)
     p_tgt.add_argument("--targets", default="", help="targets JSON to update (default: the package's targets.json)")
+    p_tgt.add_argument("--tuned", default="", help="tuned-AdamW JSON to rerun (default: the package's tuned.json)")
     p_tgt.add_argument("--same-version", action="store_true", help="do not bump the file's version")
     p_tgt.set_defaults(func=_cmd_targets)
