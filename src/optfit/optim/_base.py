@@ -220,7 +220,10 @@ class ElementwiseOptimizer(Optimizer):
         self.skipped_steps += 1
         return False
 
-    def _step_group(self, group: dict[str, Any], items: list, loss: Any) -> None:
+    def _working_set(self, group: dict[str, Any], items: list) -> tuple[list, list, list, list]:
+        """(targets, working params, working grads, states) of one group's items: complex tensors as real views,
+        fp32 copies of low-precision parameters under ``state_dtype="float32"``, gradients cast to the working
+        dtype, and the lazy state (``step`` plus ``_init_state``) created at the first step."""
         fp32 = group["state_dtype"] == "float32"
         targets, work_params, grads, states = [], [], [], []
         for _, p, g in items:
@@ -237,7 +240,10 @@ class ElementwiseOptimizer(Optimizer):
                 st["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(group, wp, st)
             targets.append(target), work_params.append(wp), grads.append(wg), states.append(st)
+        return targets, work_params, grads, states
 
+    def _step_group(self, group: dict[str, Any], items: list, loss: Any) -> None:
+        targets, work_params, grads, states = self._working_set(group, items)
         if group["grad_filter"] is not None:
             grads = [F.apply_filter(group["grad_filter"], g, st) for g, st in zip(grads, states)]
         if group["decay_mode"] == "coupled" and group.get("weight_decay", 0) and not self.handles_weight_decay:

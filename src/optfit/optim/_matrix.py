@@ -48,7 +48,6 @@ KINDS = ("matrix", "adamw")
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 _ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
 _SHARED = ("nonfinite", "impl", "state_dtype", "decay_mode", "cautious", "grad_filter", "initial_lr")
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
 MAX_STACK_NUMEL = 1 << 26  # a stack holds at most this many elements (256 MB in fp32) to bound peak memory
 
 
@@ -90,6 +89,13 @@ class MatrixOptimizer(ElementwiseOptimizer):
         """``G`` is a (B, rows, cols) stack of gradients and ``S[k]`` the stack of state ``k`` (a state of the
         parameter's shape is seen as (rows, cols) too); update ``S`` in place, return the directions D."""
         raise NotImplementedError
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """AdamW groups: the base's state; matrix groups: ``_init_matrix_state``."""
+        if group["kind"] == "adamw":
+            super()._init_state(group, p, state)
+        else:
+            self._init_matrix_state(group, p, state)
 
     def _init_matrix_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         """Create the ``matrix_state`` tensors of ``p`` (the working view): zeros of its shape by default;
@@ -188,22 +194,11 @@ class MatrixOptimizer(ElementwiseOptimizer):
         if group["kind"] == "adamw":
             super()._step_group(group, items, loss)
             return
-        fp32 = group["state_dtype"] == "float32"
-        targets, params, grads, states = [], [], [], []
-        for _, p, g in items:
-            wp, wg = p, g
-            if fp32 and p.dtype in _LOW_PRECISION:
-                wp, wg = p.float(), g.float()
-            elif wg.dtype != wp.dtype:
-                wg = wg.to(wp.dtype)
-            st = self.state[p]
-            if not st:
-                st["step"] = torch.tensor(0.0, dtype=torch.float32)
-                self._init_matrix_state(group, wp, st)
+        targets, params, grads, states = self._working_set(group, items)
+        for st in states:
             for key in self.matrix_state:  # the kernels take views of the state
                 if not st[key].is_contiguous():
                     st[key] = st[key].contiguous()
-            targets.append(p), params.append(wp), grads.append(wg), states.append(st)
         lr, wd = group["lr"], group["weight_decay"]
         if group["decay_mode"] == "coupled" and wd:
             grads = torch._foreach_add(grads, params, alpha=wd)
