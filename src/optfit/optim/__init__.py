@@ -13,10 +13,14 @@ from .sgd import SGD
 from .adabelief import *  # noqa: F401,F403
 from .adabound import *  # noqa: F401,F403
 from .adafactor import *  # noqa: F401,F403
+from .adafisher import *  # noqa: F401,F403
 from .adagrad import *  # noqa: F401,F403
+from .adahessian import *  # noqa: F401,F403
 from .adamuon import *  # noqa: F401,F403
 from .ademamix import *  # noqa: F401,F403
+from .dash import *  # noqa: F401,F403
 from .exadam import *  # noqa: F401,F403
+from .fosi import *  # noqa: F401,F403
 from .grad_avg import *  # noqa: F401,F403
 from .gravity import *  # noqa: F401,F403
 from .lion import *  # noqa: F401,F403
@@ -28,3 +32,5 @@ from .rmsprop import *  # noqa: F401,F403
 from .roaree import *  # noqa: F401,F403
 from .root import *  # noqa: F401,F403
 from .sania import *  # noqa: F401,F403
+from .shampoo import *  # noqa: F401,F403
+from .soap import *  # noqa: F401,F403
