@@ -66,8 +66,9 @@ def make_results(evil: bool = True) -> list[TrialResult]:
                 out.append(trial(w, "adamw-tuned", seed=study * 10 + k, rate=rate, optimizer="adamw",
                                  protocol="external", study=study, trial_index=k))
         for seed in range(3):
+            stats = [[400, {"noise_scale": 2.0 + seed, "rho": 0.95, "predicted_beta": 0.8 + 0.01 * seed}]]
             out.append(trial(w, "gap-adamw", seed, rate=0.03, protocol="self", sec_per_step=0.015,
-                             extras={"selection": selection_history()}))
+                             extras={"selection": selection_history(), "gradient_stats": stats}))
             out.append(trial(w, "sgd", seed, rate=0.006, status="diverged" if seed == 2 else "done",
                              diverge_at=150 if seed == 2 else None))
         if evil:

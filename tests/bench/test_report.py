@@ -55,7 +55,7 @@ def test_report_is_self_contained_with_all_figures():
         w, h = png_size(img["src"])
         assert w >= 400 and h >= 100 and img.get("alt")
     for section in ("leaderboard", "time", "profiles", "claims", "curves", "learned", "overhead", "selection",
-                    "configs", "problems"):
+                    "gradstats", "configs", "problems"):
         assert f'id="{section}"' in text
 
 
@@ -75,6 +75,16 @@ def test_report_content_for_misses_failures_and_missing_targets():
     for status in ("diverged", "failed"):
         assert f"<td class=t>{status}</td>" in text
     assert "Share of all logged selections: 0.5: 48%, 0.9: 19%, 0.99: 33%" in text
+    # the GradientStats probe: medians over the 3 seeds of the last summary, beside the most selected candidate
+    assert "<td>3</td><td>0.95</td><td>0.81</td><td class=t>0.5 (48%)</td>" in text
+
+
+def test_unreadable_gradient_stats_are_skipped(tmp_path):
+    meta = {"quad": META["quad"]}
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02),
+           trial("quad", "gap-adamw", 0, rate=0.03, extras={"gradient_stats": [["garbage"]]})]
+    text = write_report(res, meta, tmp_path).read_text(encoding="utf-8")
+    assert "No trial carried a GradientStats probe" in text
 
 
 def test_no_baseline_no_targets_and_only_failed_trials(tmp_path):

@@ -192,6 +192,39 @@ def test_selection_and_gap_stats_are_recorded(monkeypatch, tmp_path):
         assert db.results("e")[0].extras["selection"] == res.extras["selection"]
 
 
+def test_gap_trials_carry_a_gradient_stats_probe_and_others_do_not():
+    res = run_trial(spec(optimizer="gap-adamw", lr=0.05))
+    assert res.status == "done", res.error
+    stats = res.extras["gradient_stats"]
+    assert [s for s, _ in stats] == list(range(10, 61, 10))  # every evaluation after the first step
+    last = stats[-1][1]
+    assert last["steps"] == 60 and 0.0 <= last["predicted_beta"] < 1.0 and len(last["autocorrelation"]) == 9
+    assert "gradient_stats" not in run_trial(spec()).extras
+
+
+class NeedsGraph(torch.optim.SGD):
+    """Asserts that the gradients it gets carry a graph (what Hessian-vector-product optimizers need)."""
+
+    needs_create_graph = True
+    seen: list[bool] = []
+
+    def step(self, closure=None):
+        NeedsGraph.seen.append(all(p.grad.grad_fn is not None for g in self.param_groups for p in g["params"]))
+        with torch.no_grad():
+            for g in self.param_groups:
+                for p in g["params"]:
+                    p.grad = p.grad.detach()
+        return super().step(closure)
+
+
+def test_optimizers_that_need_create_graph_get_it(monkeypatch):
+    monkeypatch.setattr(runner, "create_optimizer", lambda model, name, **hp: NeedsGraph(model.parameters(), lr=0.1))
+    NeedsGraph.seen.clear()
+    res = run_trial(spec())
+    assert res.status == "done", res.error
+    assert NeedsGraph.seen and all(NeedsGraph.seen)
+
+
 # -- run_experiment --------------------------------------------------------------------------------------------
 
 def test_run_experiment_in_worker_processes_isolates_crashes_and_resumes(tmp_path, capfd):

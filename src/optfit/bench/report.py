@@ -271,6 +271,55 @@ def _selection_section(s: Summary, figs: list[str]) -> str:
     return "".join(parts) or "<p class=note>No gap runs (no trial logged a selection history).</p>"
 
 
+def _gradient_stats_section(s: Summary) -> str:
+    """The ``GradientStats`` probe of each gap run (last evaluation, median over seeds) beside what it chose."""
+    rows = []
+    for lab in s.labels:
+        for w in s.meta:
+            trials = [r for r in s.groups[lab].get(w, []) if r.extras.get("gradient_stats")]
+            last = []
+            for r in trials:
+                try:
+                    last.append(dict(r.extras["gradient_stats"][-1][1]))
+                except (TypeError, IndexError, KeyError, ValueError):
+                    continue
+            if not last:
+                continue
+
+            def med(key: str) -> float:
+                vals = [float(x[key]) for x in last if isinstance(x.get(key), (int, float))]
+                return _median(vals) if vals else math.nan
+
+            chosen = _most_selected(trials)
+            rows.append([lab, w, str(len(last)), _fmt(med("noise_scale")), _fmt(med("rho")),
+                         _fmt(med("predicted_beta")), chosen])
+    if not rows:
+        return "<p class=note>No trial carried a GradientStats probe (only gap-family runs do).</p>"
+    return (_table(["label", "workload", "seeds", "noise scale s²/c", "fitted ρ", "predicted β*", "most selected"],
+                   rows, text_cols=(1, 6)) +
+            "<p class=note>Measured by <code>optfit.gap.GradientStats</code> on the gap runs themselves (off the "
+            "clock): per-element gradient autocorrelation R(0..8) from subsampled coordinates, fitted to "
+            "R(k) = s²δ<sub>k</sub> + cρ<sup>k</sup>; β* maximises √(1−β²)(s² + c/(1−βρ)). The last column is the "
+            "candidate the run used most (share of logged selections).</p>")
+
+
+def _most_selected(trials: list[TrialResult]) -> str:
+    counts: dict[str, int] = {}
+    for r in trials:
+        for _step, groups in r.extras.get("selection") or []:
+            try:
+                for row in groups:
+                    for v in row:
+                        counts[str(v)] = counts.get(str(v), 0) + 1
+            except TypeError:
+                continue
+    total = sum(counts.values())
+    if not total:
+        return "—"
+    best = max(counts, key=counts.get)
+    return f"{best} ({100 * counts[best] / total:.0f}%)"
+
+
 def _configs_section(s: Summary) -> str:
     rows = []
     for lab in s.labels:
@@ -386,6 +435,7 @@ def render_html(s: Summary, title: str = "optfit showdown") -> str:
                      _learned_section(s, figs, col)))
     sections.append(("overhead", "Optimizer overhead per step", _overhead_section(s, figs, col)))
     sections.append(("selection", "Gap runs: which candidate was selected", _selection_section(s, figs)))
+    sections.append(("gradstats", "Gradient statistics and the predicted β*", _gradient_stats_section(s)))
     sections.append(("configs", "Configurations", _configs_section(s)))
     sections.append(("problems", "Failed and diverged trials", _problems_section(s)))
     sections.append(("read", "How to read this report", _READ))

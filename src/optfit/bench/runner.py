@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from ..factory import create_optimizer
+from ..gap.stats import GradientStats
 from ..registry import optimizer_info
 from . import schedules
 from .records import CurvePoint, TrialResult, TrialSpec
@@ -94,9 +96,30 @@ class _Trainer:
     """One training step with the right calling convention, timing the optimizer's share."""
 
     def __init__(self, workload: Workload, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 needs_closure: bool) -> None:
+                 needs_closure: bool, probe: GradientStats | None = None) -> None:
         self.workload, self.model, self.optimizer, self.needs_closure = workload, model, optimizer, needs_closure
+        self.create_graph = bool(getattr(type(optimizer), "needs_create_graph", False))
+        self.probe = probe
         self.optimizer_seconds = 0.0
+        self.untimed_seconds = 0.0  # the probe's share of a step, taken off the clock by run_trial
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if not self.create_graph:
+            loss.backward()
+            return
+        with warnings.catch_warnings():  # the grad↔param cycle it warns about is broken by zero_grad(set_to_none)
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+            loss.backward(create_graph=True)
+
+    def _probe(self) -> float:
+        """Feed the gradients to the probe; return the seconds it took (not optimizer time)."""
+        if self.probe is None:
+            return 0.0
+        t0 = time.perf_counter()
+        self.probe.update()
+        spent = time.perf_counter() - t0
+        self.untimed_seconds += spent
+        return spent
 
     def step(self, batch: Any) -> float:
         opt, model, wl = self.optimizer, self.model, self.workload
@@ -106,7 +129,8 @@ class _Trainer:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise _Diverged(f"non-finite training loss {value}")
-            loss.backward()
+            self._backward(loss)
+            self._probe()
             t0 = time.perf_counter()
             opt.step()
             self.optimizer_seconds += time.perf_counter() - t0
@@ -117,13 +141,14 @@ class _Trainer:
             c0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             out = wl.loss(model, batch)
-            out.backward()
-            calls.append(time.perf_counter() - c0)
+            self._backward(out)
+            probed = self._probe() if not calls else 0.0  # the step's own gradients, once
+            calls.append(time.perf_counter() - c0 - probed)
             return out
 
-        t0 = time.perf_counter()
+        t0, probe0 = time.perf_counter(), self.untimed_seconds
         loss = opt.step(closure)
-        total = time.perf_counter() - t0
+        total = time.perf_counter() - t0 - (self.untimed_seconds - probe0)
         self.optimizer_seconds += total - (calls[0] if calls else 0.0)
         value = float("nan") if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if not math.isfinite(value):
@@ -142,7 +167,10 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
     the clock starts. Evaluations at step 0 (``eval_at_start``), every ``eval_every`` steps and at the last
     step. A non-finite loss (or metric) gives status ``"diverged"``, an exception ``"failed"`` with the error.
     Optimizers with ``selection()`` / ``gap_stats()`` get ``extras["selection"] = [[step, selection], ...]``
-    and ``extras["gap_stats"]`` (the last one).
+    and ``extras["gap_stats"]`` (the last one). Gap-family trials also carry a ``GradientStats`` probe (run after
+    each backward pass, off the clock): ``extras["gradient_stats"] = [[step, summary], ...]``, its noise scale,
+    fitted ρ and predicted β* at every evaluation. Optimizer classes with ``needs_create_graph`` get
+    ``loss.backward(create_graph=True)`` (AdaHessian, FOSI: Hessian-vector products).
     """
     os.environ.update(THREAD_ENV)
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
@@ -164,7 +192,8 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         _seed_everything(spec.seed + 1)
         optimizer = create_optimizer(model, spec.optimizer, **hparams)
         scheduler = schedules.attach(optimizer, spec.schedule, workload.step_hint)
-        trainer = _Trainer(workload, model, optimizer, info.needs_closure)
+        probe = GradientStats(list(model.parameters())) if info.family == "gap" else None
+        trainer = _Trainer(workload, model, optimizer, info.needs_closure, probe)
         batches = iter(workload.train_batches(spec.seed))
         model.train()
         selection: list[list[Any]] = []
@@ -180,6 +209,8 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
                 result.extras["selection"] = selection
             if hasattr(optimizer, "gap_stats"):
                 result.extras["gap_stats"] = _jsonable(optimizer.gap_stats())
+            if probe is not None and probe.steps:
+                result.extras.setdefault("gradient_stats", []).append([step, _jsonable(probe.summary())])
             if on_eval is not None:
                 on_eval(point)
             value = metrics[workload.metric]
@@ -193,15 +224,16 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
             budget = 0
         window: list[float] = []
         for step in range(1, budget + 1):
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0, c0, u0 = time.perf_counter(), time.process_time(), trainer.untimed_seconds
             try:
                 window.append(trainer.step(next(batches)))
                 if scheduler is not None:
                     scheduler.step()
                 result.steps = step
             finally:
-                clock["wall"] += time.perf_counter() - w0
-                clock["cpu"] += time.process_time() - c0
+                untimed = trainer.untimed_seconds - u0  # the probe is measurement, not training
+                clock["wall"] += time.perf_counter() - w0 - untimed
+                clock["cpu"] += time.process_time() - c0 - untimed
             if step % workload.eval_every == 0 or step == budget:
                 if evaluate(step, window):
                     break
