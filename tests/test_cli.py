@@ -74,3 +74,17 @@ def test_bench_tune_then_targets_write_versioned_files(tmp_path, capsys):
     assert main(["bench", "targets", "--workload", TINY, "--seeds", "3", "--workers", "0", "--db",
                  str(tmp_path / "t2.sqlite"), "--tuned", str(tmp_path / "missing.json"), "--targets", str(targets)]) == 2
     assert "bench tune" in capsys.readouterr().err  # no tuned settings: the message names the command to run
+
+
+def test_bench_targets_keeps_a_target_that_is_part_of_the_task(tmp_path, capsys, monkeypatch):
+    from tests.bench.runner_workloads import TinyRegression
+
+    monkeypatch.setattr(TinyRegression, "target_is_defined", True)
+    tuned, targets = tmp_path / "tuned.json", tmp_path / "targets.json"
+    tuned.write_text(json.dumps({"workloads": {TINY: {"hparams": {"lr": 0.01}, "schedule": None}}}))
+    targets.write_text(json.dumps({"version": 7, "workloads": {TINY: {"target": 0.05, "source": "definition"}}}))
+    assert main(["bench", "targets", "--workload", TINY, "--seeds", "1", "--workers", "0", "--db",
+                 str(tmp_path / "t.sqlite"), "--tuned", str(tuned), "--targets", str(targets)]) == 0
+    doc = json.loads(targets.read_text())
+    assert doc["workloads"][TINY] == {"target": 0.05, "source": "definition"} and doc["version"] == 8
+    assert "part of the task's definition; kept" in capsys.readouterr().out

@@ -112,10 +112,18 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     from .showdown import load_tuned, tuned_specs
     from .workloads import _common, get_workload
 
-    workloads = _workload_names(args)
-    specs = tuned_specs(workloads, range(args.seeds), load_tuned(args.tuned) if args.tuned else None)
+    workloads = []
+    for w in _workload_names(args):
+        wl = get_workload(w)
+        if wl.target_is_defined:
+            print(f"{w}: target {wl.metric} {wl.target:g} is part of the task's definition; kept")
+        else:
+            workloads.append(w)
     command = _command(args)
-    results = run_experiment(specs, args.db, "targets", workers=args.workers, command=command)
+    results = []
+    if workloads:
+        specs = tuned_specs(workloads, range(args.seeds), load_tuned(args.tuned) if args.tuned else None)
+        results = run_experiment(specs, args.db, "targets", workers=args.workers, command=command)
     path = Path(args.targets) if args.targets else _common.TARGETS_PATH
     doc = json.loads(path.read_text())
     for w in workloads:

@@ -30,6 +30,9 @@ class Workload(ABC):
     - ``max_steps``: the step budget; ``step_hint``: the horizon a schedule should assume.
     - ``eval_every``: evaluation period in steps (evaluation is not timed).
     - ``dtype``: parameter dtype (float32 unless the task says otherwise).
+    - ``target_is_defined``: the target is part of the task's definition (e.g. a relative gap to a known
+      optimum), so ``optfit bench targets`` keeps it instead of setting the tuned baseline's median best (which,
+      on a convex problem solved to machine precision, would be a target of floating-point noise).
     """
 
     name: str = ""
@@ -41,6 +44,7 @@ class Workload(ABC):
     eval_every: int = 50
     dtype: torch.dtype = torch.float32
     description: str = ""
+    target_is_defined: bool = False
 
     def prepare(self) -> None:
         """Load data into memory (raise ``DataMissing`` naming ``optfit data prepare`` if absent).

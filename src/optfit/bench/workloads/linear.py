@@ -63,6 +63,7 @@ class LogisticRegression(Workload):
     dtype = torch.float64
     lam = 1e-4
     step_hint, max_steps, eval_every = 7150, 9550, 250
+    target_is_defined = True  # (f − f*)/f* ≤ 1e-2 (protocol); tuned AdamW's median best is 3.8e-15, float64 noise
 
     def __init__(self, data_root: str | os.PathLike | None = None) -> None:
         self.data_root = default_root(data_root)
@@ -100,12 +101,13 @@ class LogisticRegression(Workload):
 
 
 class LogisticRegressionSmoke(LogisticRegression):
-    """W1 with a smoke budget: the same problem, target relative gap 5e-2 within 2,000 steps (AdamW at lr
-    3e-2 reaches it in about 1,000)."""
+    """W1 with a smoke budget: the same problem in 2,000 steps; its target is tuned AdamW's median best within
+    that budget (targets.json), since the budget, not float64 precision, is what limits it."""
 
     name = "w1-logreg-smoke"
-    description = "W1 with a smoke-test budget (relative gap 5e-2, 2,000 steps)"
+    description = "W1 with a smoke-test budget (2,000 steps)"
     step_hint, max_steps, eval_every = 1500, 2000, 50
+    target_is_defined = False
 
 
 class SoftmaxRegression(ClassificationWorkload):
