@@ -88,3 +88,15 @@ def test_bench_targets_keeps_a_target_that_is_part_of_the_task(tmp_path, capsys,
     doc = json.loads(targets.read_text())
     assert doc["workloads"][TINY] == {"target": 0.05, "source": "definition"} and doc["version"] == 8
     assert "part of the task's definition; kept" in capsys.readouterr().out
+
+
+def test_bench_tune_leaves_other_workloads_entries_alone(tmp_path):
+    """A second `bench tune` on the same database re-derives only the workloads it was asked for."""
+    tuned, db = tmp_path / "tuned.json", str(tmp_path / "tune.sqlite")
+    common = ["--trials", "2", "--studies", "1", "--workers", "0", "--db", db, "--tuned", str(tuned)]
+    assert main(["bench", "tune", "--workload", TINY, *common]) == 0
+    first = json.loads(tuned.read_text())["workloads"][TINY]
+    other = "tests.bench.runner_workloads:SlowEval"
+    assert main(["bench", "tune", "--workload", other, *common]) == 0
+    doc = json.loads(tuned.read_text())["workloads"]
+    assert doc[TINY] == first and TINY not in doc[other]["command"]

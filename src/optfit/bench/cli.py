@@ -91,7 +91,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     specs = protocols.external_tuning(workloads, "adamw", trials=args.trials, studies=args.studies)
     command = _command(args)
     results = run_experiment(specs, args.db, "tune-adamw", workers=args.workers, command=command)
-    found = tuned_from_results(results, command)
+    asked = set(workloads)  # the experiment may hold other workloads' trials: their entries stay as they are
+    found = tuned_from_results([r for r in results if r.spec.workload in asked], command)
     out = Path(args.tuned) if args.tuned else TUNED_PATH
     merged = load_tuned(out)
     merged.update({k: v for k, v in found.items() if k != "workloads"})
