@@ -37,7 +37,8 @@ def test_info_is_frozen_and_complete():
             info.name = "x"  # type: ignore[misc]
         with pytest.raises(TypeError):
             info.preset["lr"] = 1.0  # type: ignore[index]
-        home = optfit.gap if info.family == "gap" else optfit.optim  # the selection engine has its own package
+        # the selection engine and the learned optimizers have their own packages
+        home = {"gap": optfit.gap, "learned": optfit.learned}.get(info.family, optfit.optim)
         assert getattr(home, info.cls.__name__) is info.cls
 
 
