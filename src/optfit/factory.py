@@ -108,6 +108,8 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, n
             params, names = _module_groups(model_or_params, no_decay, "weight_decay" in accepted)
         if not params:
             raise ValueError(f"the model {type(model_or_params).__name__} has no trainable parameters")
+        if getattr(info.cls, "needs_model", False):  # e.g. AdaFisher hooks the model's layers
+            kwargs.setdefault("model", model_or_params)
     else:
         params = list(model_or_params)
     optimizer = info.cls(params, **kwargs)
