@@ -296,3 +296,25 @@ def test_run_experiment_argument_errors(tmp_path):
     with pytest.raises(TypeError, match=r"specs\[0\]"):
         run_experiment([{"workload": "x"}], tmp_path / "r.db", "exp")
     assert json.loads(json.dumps(runner._Options().__dict__))  # worker options travel as JSON
+
+
+class GraphEveryOther(NeedsGraph):
+    """Needs the graph on odd steps only (like AdaHessian with update_period=2)."""
+
+    steps = 0
+
+    def next_step_needs_graph(self):
+        return GraphEveryOther.steps % 2 == 0
+
+    def step(self, closure=None):
+        GraphEveryOther.steps += 1
+        return super().step(closure)
+
+
+def test_the_graph_is_built_only_for_steps_that_need_it(monkeypatch):
+    monkeypatch.setattr(runner, "create_optimizer",
+                        lambda model, name, **hp: GraphEveryOther(model.parameters(), lr=0.1))
+    NeedsGraph.seen.clear()
+    GraphEveryOther.steps = 0
+    assert run_trial(spec(), warmup_steps=0).status == "done"
+    assert NeedsGraph.seen[:6] == [True, False, True, False, True, False]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -42,11 +44,21 @@ class TinyNet(nn.Module):
         return ((self.net(self.X) - self.Y) ** 2).mean()
 
 
+def backward(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    """``loss.backward()``, with ``create_graph=True`` for optimizers that need Hessian-vector products."""
+    if not getattr(opt, "needs_create_graph", False):
+        loss.backward()
+        return
+    with warnings.catch_warnings():  # the param <-> grad cycle it warns about is broken by the optimizer
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        loss.backward(create_graph=True)
+
+
 def closure_for(model: nn.Module, opt: torch.optim.Optimizer):
     def closure():
         opt.zero_grad()
         loss = model()
-        loss.backward()
+        backward(loss, opt)
         return loss
 
     return closure

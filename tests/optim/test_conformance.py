@@ -10,7 +10,7 @@ import torch
 
 import optfit
 
-from .problems import Quadratic, TinyNet, build, closure_for, run
+from .problems import Quadratic, TinyNet, backward, build, closure_for, run
 
 NAMES = optfit.list_optimizers()
 
@@ -127,7 +127,7 @@ def test_params_without_grad_are_skipped(name):
     def closure():
         opt.zero_grad()
         loss = model()
-        loss.backward()
+        backward(loss, opt)
         frozen.grad = None
         return loss
 
@@ -201,7 +201,7 @@ def test_nonfinite_raise_names_parameter_and_modifies_nothing(name, bad):
     def closure():
         opt.zero_grad()
         loss = model()
-        loss.backward()
+        backward(loss, opt)
         model.net[3].weight.grad[0, 0] = bad
         return loss
 
@@ -224,7 +224,7 @@ def test_nonfinite_skip_skips_whole_step_and_counts(name):
     def closure():
         opt.zero_grad()
         loss = model()
-        loss.backward()
+        backward(loss, opt)
         model.net[0].bias.grad[1] = float("nan")
         return loss
 
@@ -244,7 +244,7 @@ def test_nonfinite_ignore_behaves_like_torch(name):
     def closure():
         opt.zero_grad()
         loss = model()
-        loss.backward()
+        backward(loss, opt)
         model.net[0].bias.grad[1] = float("nan")
         return loss
 
@@ -335,7 +335,7 @@ def test_state_tensor_count_matches_record(name):
     def closure():
         opt.zero_grad()
         loss = (W ** 2).sum()
-        loss.backward()
+        backward(loss, opt)
         return loss
 
     opt.step(closure)

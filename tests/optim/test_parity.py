@@ -80,7 +80,7 @@ def _run_impl(name, impl, shapes, dtype, steps, hparams, seed=0):
     def closure():
         opt.zero_grad()
         loss = sum(0.5 * ((p - t) ** 2).sum() for p, t in zip(params, targets))
-        loss.backward()
+        loss.backward(create_graph=getattr(opt, "needs_create_graph", False))
         return loss
 
     for _ in range(steps):

@@ -104,7 +104,8 @@ class _Trainer:
         self.untimed_seconds = 0.0  # the probe's share of a step, taken off the clock by run_trial
 
     def _backward(self, loss: torch.Tensor) -> None:
-        if not self.create_graph:
+        graph_step = getattr(self.optimizer, "next_step_needs_graph", None)  # only Hessian steps need the graph
+        if not self.create_graph or (graph_step is not None and not graph_step()):
             loss.backward()
             return
         with warnings.catch_warnings():  # the grad↔param cycle it warns about is broken by zero_grad(set_to_none)
