@@ -73,6 +73,9 @@ def optfit_candidates(names: list[str], impls: list[str]) -> list[Candidate]:
     out = []
     for name in names:
         info = optfit.optimizer_info(name)
+        if (reason := getattr(info.cls, "unavailable_reason", lambda: None)()):
+            print(f"skipped {name}: {reason}")
+            continue
         for impl in impls:
             if impl == "foreach" and not info.supports_foreach:
                 continue
