@@ -209,3 +209,18 @@ def test_summary_writer_hook_logs_selection_and_scores():
     p.grad = torch.ones(3)
     opt.step()
     assert max(s for _, _, s in writer.rows) == 4
+
+
+@pytest.mark.parametrize("name, tag", [("gap-mix", "gap/group0/score/orthogonal"),
+                                       ("gap-grokfast", "gap/group0/score/0.98-2")])
+def test_summary_writer_handles_candidates_that_are_not_numbers(name, tag):
+    from optfit.gap import attach_summary_writer
+
+    rows = []
+    writer = type("W", (), {"add_scalar": lambda self, t, v, s: rows.append(t)})()
+    p = torch.zeros(4, 3, requires_grad=True)
+    opt = optfit.create_optimizer([p], name)
+    attach_summary_writer(opt, writer)
+    p.grad = torch.ones(4, 3)
+    opt.step()
+    assert tag in rows and not any(t.endswith("selected_mean") for t in rows)

@@ -26,10 +26,23 @@ def attach_summary_writer(optimizer: Any, writer: Any, every: int = 1, prefix: s
             return
         for g, stats in enumerate(opt.gap_stats()):
             sel = stats["selection"]
-            if sel:
+            if sel and all(_is_number(x) for x in sel):  # gap-mix selects rule names, gap-grokfast (α, λ) pairs
                 writer.add_scalar(f"{prefix}/group{g}/selected_mean", sum(sel) / len(sel), step)
             for b, score, frac in zip(stats["candidates"], stats["scores"], stats["fraction"]):
-                writer.add_scalar(f"{prefix}/group{g}/score/{b:g}", score, step)
-                writer.add_scalar(f"{prefix}/group{g}/fraction/{b:g}", frac, step)
+                writer.add_scalar(f"{prefix}/group{g}/score/{_tag(b)}", score, step)
+                writer.add_scalar(f"{prefix}/group{g}/fraction/{_tag(b)}", frac, step)
 
     return optimizer.register_step_post_hook(hook)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _tag(candidate: Any) -> str:
+    """A candidate as a TensorBoard tag: 0.9 → "0.9", (0.98, 2.0) → "0.98-2", "orthogonal" as it is."""
+    if _is_number(candidate):
+        return f"{candidate:g}"
+    if isinstance(candidate, (tuple, list)):
+        return "-".join(_tag(x) for x in candidate)
+    return str(candidate)
