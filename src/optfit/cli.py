@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_data.add_cli(sub)
     bench_cli.add_cli(sub)
+    from .learned import cli as learned_cli
+    learned_cli.add_cli(sub)
     return parser
 
 
