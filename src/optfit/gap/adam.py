@@ -40,6 +40,8 @@ class GapAdam(GapOptimizer):
     """
 
     default_decay_mode = "coupled"
+    IMPLS = ("auto", "reference", "flat")
+    flat_kind = "adam"
     candidates_key = "beta1_candidates"
     buffer_key = "exp_avgs"
 

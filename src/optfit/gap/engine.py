@@ -22,6 +22,11 @@ Settled choices (each is tested in ``tests/gap``):
 - **Global mode** sums the per-tensor scores over every global-mode group (one reduction point,
   ``_global_scores``, where sharded parameters would all-reduce); those groups must share one candidate list,
   and the first global group's ``score_ema``/``hysteresis`` drive the one global choice.
+
+``impl``: "reference" runs the subclass's per-tensor ``_first_pass``/``_apply``; a subclass that names a
+``flat_kind`` (gap-adam(w), gap-sgd) also offers "flat" (``flat.py``: the same maths on flat buffers, a few
+ops per step whatever the tensor count), which "auto" uses wherever it applies. A further subclass that
+overrides the maths (``FLAT_MATHS``) falls back to "reference".
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ from torch import Tensor
 from ..optim import _features as F
 from ..optim import _validation as V
 from ..optim._base import ElementwiseOptimizer
-from . import selector
+from . import flat, selector
 
 MODES = ("global", "per_param")
 SCORES = ("current", "next")
+FLAT_MATHS = ("_first_pass", "_direction", "_apply", "_init_state", "_coefficients", "_state_keys", "_scores",
+              "_denominator")
+_FLAT_KINDS: dict[type, str | None] = {}
 
 
 class GapOptimizer(ElementwiseOptimizer):
@@ -47,19 +55,26 @@ class GapOptimizer(ElementwiseOptimizer):
 
     two_pass = True
     IMPLS: ClassVar[tuple[str, ...]] = ("auto", "reference")
+    flat_kind: ClassVar[str | None] = None  # "adam" | "sgd": the class offers impl="flat" (flat.py)
     candidates_key: ClassVar[str] = "candidates"
     buffer_key: ClassVar[str] = "buffers"
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
         self._global_state: dict[str, Tensor] | None = None
+        self._flat_layouts: dict[tuple, flat.Layout] = {}
         super().__init__(params, defaults, **options)
 
     # ------------------------------------------------------------------------------------ validation
     def _check_group(self, group: dict[str, Any]) -> None:
         impl = group.get("impl", "auto")
-        if impl not in self.IMPLS:
-            raise ValueError(f"Invalid impl: {impl!r}; {type(self).__name__} offers {list(self.IMPLS)}")
-        super()._check_group(group)
+        if impl not in self.IMPLS or (impl == "flat" and self._flat_kind() is None):
+            offered = [i for i in self.IMPLS if i != "flat" or self._flat_kind() is not None]
+            raise ValueError(f"Invalid impl: {impl!r}; {type(self).__name__} offers {offered}")
+        group["impl"] = "reference"  # the base class checks its own list of impls; ours was checked above
+        try:
+            super()._check_group(group)
+        finally:
+            group["impl"] = impl
         key = self.candidates_key
         group[key] = self._check_candidates(key, group[key])
         V.choice("mode", group["mode"], MODES)
@@ -106,14 +121,32 @@ class GapOptimizer(ElementwiseOptimizer):
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------- two passes
+    @classmethod
+    def _flat_kind(cls) -> str | None:
+        """``flat_kind`` if this class's maths are those of the class that declared it, else ``None``."""
+        if cls not in _FLAT_KINDS:
+            owner = next((k for k in cls.__mro__ if "flat_kind" in k.__dict__), None)
+            same = owner is not None and all(getattr(cls, name, None) is getattr(owner, name, None)
+                                             for name in FLAT_MATHS)
+            _FLAT_KINDS[cls] = cls.flat_kind if same else None
+        return _FLAT_KINDS[cls]
+
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
+        kind = self._flat_kind() if group["impl"] in ("auto", "flat") else None
+        layout = kind and flat.layout_for(self._flat_layouts, kind, ps, sts, len(group[self.candidates_key]))
+        if layout:
+            rows = flat.first_pass(kind, layout, group, gs, c, group[self.candidates_key])
+            self._pending.append((group, ps, gs, sts, c, flat.Pending(kind, layout, rows, group, ps, gs, sts, c),
+                                  None))
+            return
         scratches = [{} for _ in ps]
         scores = [self._first_pass(p, g, st, c, group, x) for p, g, st, x in zip(ps, gs, sts, scratches)]
         self._pending.append((group, ps, gs, sts, c, scores, scratches))
 
     def _global_scores(self, pending: list) -> list[float] | None:
         """Σ over every tensor of the global-mode groups (the one reduction of the global rule)."""
-        rows = [s for group, *_, scores, _ in pending if group["mode"] == "global" for s in scores]
+        rows = [s for group, *_, scores, _ in pending if group["mode"] == "global"
+                for s in (scores.rows if isinstance(scores, flat.Pending) else scores)]
         if not rows:
             return None
         lists = {group[self.candidates_key] for group, *_ in pending if group["mode"] == "global"}
@@ -131,6 +164,9 @@ class GapOptimizer(ElementwiseOptimizer):
                 self._global_state = selector.new_state(len(totals), self._initial_index(first))
             chosen_global = selector.decide(self._global_state, totals, first["score_ema"], first["hysteresis"])
         for group, ps, gs, sts, c, scores, scratches in pending:
+            if isinstance(scores, flat.Pending):
+                scores.finish(self, chosen_global, self._global_state and self._global_state["gap_score"])
+                continue
             for p, g, st, sc, x in zip(ps, gs, sts, scores, scratches):
                 if group["mode"] == "global":
                     j = chosen_global
@@ -200,6 +236,7 @@ class GapOptimizer(ElementwiseOptimizer):
         """Like every optfit optimizer; the selector's float64 scores and integer counters keep their dtype."""
         originals = {k: dict(v) for k, v in state_dict.get("state", {}).items()} if isinstance(state_dict, dict) else {}
         super().load_state_dict(state_dict)
+        self._flat_layouts.clear()  # the loaded tensors replace the flat buffers' views; rebuilt at the next step
         params = [p for group in self.param_groups for p in group["params"]]
         for index, saved in originals.items():
             for key, v in saved.items():
@@ -211,4 +248,5 @@ class GapOptimizer(ElementwiseOptimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_global_state", None)
+        self.__dict__.setdefault("_flat_layouts", {})
 

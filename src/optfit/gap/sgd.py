@@ -33,6 +33,8 @@ class GapSGD(GapOptimizer):
     initial)."""
 
     default_decay_mode = "coupled"
+    IMPLS = ("auto", "reference", "flat")
+    flat_kind = "sgd"
     candidates_key = "momentum_candidates"
     buffer_key = "momentum_buffers"
 

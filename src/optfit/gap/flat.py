@@ -1,0 +1,317 @@
+"""The flat implementation of gap-adam(w) and gap-sgd (``impl="flat"``; ``impl="auto"`` picks it where it applies).
+
+The reference path does ~20 small tensor operations and several device→host transfers per parameter tensor,
+which dominates a step on models of many small tensors. Here, per *bucket* (the tensors of one param group
+that share a step count, one dtype — float32 or float64 — and one device), all state lives in a few
+contiguous buffers and every per-parameter state entry is a view into them, so ``state_dict`` keeps the
+reference format (same keys, same shapes, a view where the reference has a tensor):
+
+    M (K, N)  the K candidates' buffers      state["exp_avgs"] / ["momentum_buffers"] = M[:, seg_i].view(K, *shape_i)
+    V (N,)    Adam's second moment          state["exp_avg_sq"] = V[seg_i].view(shape_i)
+    selector  (index, streak, challenger) (3, T) int64; score (T, K) float64; counts (T, K) int64 — on the
+              CPU, as the reference creates them; state["gap_*"] are their rows
+
+One step: one ``_foreach_copy_`` of the gradients into a flat G; the moment, lerp (all K buffers at once) and
+denominator maths as whole-buffer ops; per tensor one ``mean`` and one matrix–vector product written into one
+(T, K+1) table, which crosses to the host once; the scores' scalar factors in Python floats (the reference's
+own arithmetic); the selector's decisions for all T tensors at once (``decide_all``, the rule of
+``selector.decide``); one ``_foreach_addcdiv_`` / ``_foreach_add_`` for the parameters.
+
+Exactness. Every segment starts on a 64-byte boundary and N is a multiple of that (the padding between
+segments stays zero), so each per-tensor reduction reads the same aligned layout as the reference's own
+tensors, and the BLAS matrix–vector product gives the same bits (an unaligned slice does not: MKL's gemv
+changes its summation order). Segments are ordered by size, so the means of tensors of one size are one
+reduction over the rows of a strided view (the same bits as separate tensors; a batched matrix product would
+not be). Elementwise ops are elementwise. So scores, choices, state and parameters
+equal the reference's bit for bit on this CPU (tests/gap/test_flat.py checks it; on a BLAS whose gemv
+depends on more than alignment they agree to rounding).
+
+Buckets change when a parameter's gradient is None on some step (its step count falls behind) or when
+``load_state_dict`` replaces the state: a bucket whose state entries are not this layout's views is rebuilt
+(copied into fresh buffers) before it runs. Cautious steps go tensor by tensor through the reference's
+``_direction`` on the views. Buckets in bf16/fp16 (without ``state_dtype="float32"``), with mixed dtypes or
+devices, or with an empty or non-contiguous (e.g. channels-last) tensor run the reference path.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..optim import _features as F
+
+ALIGN_BYTES = 64
+FLAT_DTYPES = (torch.float32, torch.float64)
+SELECTOR_KEYS = ("gap_index", "gap_score", "gap_streak", "gap_challenger", "gap_counts")
+
+
+class Layout:
+    """Flat buffers and per-tensor views of one bucket (see the module docstring)."""
+
+    def __init__(self, kind: str, ps: list[Tensor], sts: list[dict[str, Any]], k: int) -> None:
+        self.kind, self.k, self.t = kind, k, len(ps)
+        self.dtype, self.device = ps[0].dtype, ps[0].device
+        self.key = tuple(map(id, sts))
+        align = max(1, ALIGN_BYTES // ps[0].element_size())
+        self.shapes = [p.shape for p in ps]
+        sizes = [p.numel() for p in ps]
+        # buffer order: by size (stable), so that tensors of one size form one strided (count, size) view
+        order = sorted(range(self.t), key=sizes.__getitem__)
+        self.pos = [0] * self.t  # parameter i's row in buffer order
+        self.segments: list[tuple[int, int]] = [(0, 0)] * self.t
+        groups: list[list[int]] = []  # [first row, count, size, offset, padded size]
+        n = 0
+        for row, i in enumerate(order):
+            padded = -(-sizes[i] // align) * align
+            self.pos[i], self.segments[i] = row, (n, n + sizes[i])
+            if groups and groups[-1][2] == sizes[i]:
+                groups[-1][1] += 1
+            else:
+                groups.append([row, 1, sizes[i], n, padded])
+            n += padded
+        self.n = n
+        like = {"dtype": self.dtype, "device": self.device}
+        buf_key = "exp_avgs" if kind == "adam" else "momentum_buffers"
+        self.m = torch.zeros((k, n), **like)
+        self.g = torch.zeros(n, **like)
+        for (a, b), st in zip(self.segments, sts):
+            self.m[:, a:b].copy_(st[buf_key].reshape(k, -1))
+        if kind == "adam":
+            self.v, self.d, self.inv = torch.zeros(n, **like), torch.zeros(n, **like), torch.zeros(n, **like)
+            for (a, b), st in zip(self.segments, sts):
+                self.v[a:b].copy_(st["exp_avg_sq"].reshape(-1))
+        cpu = torch.device("cpu")
+        self.ints = torch.stack([torch.stack([st[key].to(cpu) for st in sts])
+                                 for key in ("gap_index", "gap_streak", "gap_challenger")]).to(torch.int64)
+        self.score = torch.stack([st["gap_score"].to(cpu) for st in sts]).to(torch.float64)
+        self.counts = torch.stack([st["gap_counts"].to(cpu) for st in sts]).to(torch.int64)
+        self.count_base = torch.arange(self.t) * k  # row offsets into counts.view(-1)
+        self.ones = torch.ones(self.t, dtype=torch.int64)
+        # per tensor (rows in buffer order): K dot products and one more number (Adam's mean(1/d), ⟨g, g⟩)
+        self.stats = torch.zeros((self.t, k + 1), **like)
+        self.raw_out = [self.stats[r, :k] for r in self.pos]
+        self.extra_out = [self.stats[r, k] for r in self.pos]
+
+        seg = [slice(a, b) for a, b in self.segments]
+        self.g_views = [self.g[s].view(shape) for s, shape in zip(seg, self.shapes)]
+        self.g_all = self.g.expand(k, n)
+        self.g_1d = [self.g[s] for s in seg]
+        self.m_2d = [self.m[:, s] for s in seg]
+        self.m_rows = [[self.m[j, s].view(shape) for s, shape in zip(seg, self.shapes)] for j in range(k)]
+        views: list[dict[str, Tensor]] = []
+        for i, (s, shape) in enumerate(zip(seg, self.shapes)):
+            entry = {buf_key: self.m[:, s].view(k, *shape), "gap_index": self.ints[0, i],
+                     "gap_score": self.score[i], "gap_streak": self.ints[1, i],
+                     "gap_challenger": self.ints[2, i], "gap_counts": self.counts[i]}
+            if kind == "adam":
+                entry["exp_avg_sq"] = self.v[s].view(shape)
+            views.append(entry)
+        if kind == "adam":
+            self.d_views = [self.d[s].view(shape) for s, shape in zip(seg, self.shapes)]
+            self.inv_1d = [self.inv[s] for s in seg]
+            # the means of 1/d, one op per size: rows of a strided view reduce exactly as separate tensors
+            self.mean_in = [self.inv[off:off + count * padded].view(count, padded)[:, :size]
+                            for _, count, size, off, padded in groups]
+            self.mean_out = [self.stats[row:row + count, k] for row, count, *_ in groups]
+        for st, entry in zip(sts, views):
+            st.update(entry)  # existing keys keep their place: state_dict looks as before
+        self.keys = tuple(views[0])
+        self.views = [entry[key] for entry in views for key in self.keys]
+        self.index_row = self.ints[0]
+        self.filled: tuple[int, int] | None = None  # (j, version of ints) after record_global's fill
+        self.count_columns = [self.counts[:, j] for j in range(k)]
+        self._weights: dict[tuple, Tensor] = {}
+
+    def valid_for(self, ps: list[Tensor], sts: list[dict[str, Any]]) -> bool:
+        """Are ``sts`` still backed by this layout (not replaced by ``load_state_dict`` or by hand)?"""
+        if len(sts) != self.t or ps[0].dtype != self.dtype or ps[0].device != self.device:
+            return False
+        keys = self.keys
+        return all(map(operator.is_, [st.get(key) for st in sts for key in keys], self.views))
+
+    def column(self, values: tuple[float, ...], transform: str) -> Tensor:
+        """A cached (K, 1) tensor of per-candidate constants (1 − β for Adam's lerp, μ for SGD)."""
+        key = (values, transform)
+        w = self._weights.get(key)
+        if w is None:
+            col = [1 - b for b in values] if transform == "one_minus" else list(values)
+            w = self._weights[key] = torch.tensor(col, dtype=self.dtype).to(self.device).view(-1, 1)
+        return w
+
+
+def supported(ps: list[Tensor]) -> bool:
+    """Can this bucket run flat? One float32/float64 dtype, one device, contiguous non-empty tensors (the
+    reference keeps a strided parameter's second moment in its strides, so its reductions would read another
+    order)."""
+    p0 = ps[0]
+    if p0.dtype not in FLAT_DTYPES:
+        return False
+    return all(p.dtype == p0.dtype and p.device == p0.device and p.numel() > 0 and p.is_contiguous() for p in ps)
+
+
+def layout_for(cache: dict[tuple, Layout], kind: str, ps: list[Tensor], sts: list[dict[str, Any]],
+               k: int) -> Layout | None:
+    """The bucket's layout: cached, or (re)built from the current state; ``None`` if it cannot run flat."""
+    key = tuple(map(id, sts))
+    layout = cache.get(key)
+    if layout is not None and layout.valid_for(ps, sts):
+        return layout
+    if not supported(ps):
+        return None
+    members = set(key)
+    for other in [kk for kk in cache if members.intersection(kk)]:
+        del cache[other]  # its views no longer back those parameters' state
+    layout = cache[key] = Layout(kind, ps, sts, k)
+    return layout
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def _adam_scores(L: Layout, scale: list[float]) -> list[list[float]]:
+    """Per tensor J_j = ⟨g, m_j/d⟩·scale_j / mean(1/d) from L.d: ``GapAdam._scores``, bit for bit."""
+    torch.reciprocal(L.d, out=L.inv)
+    for x, out in zip(L.mean_in, L.mean_out):
+        torch.mean(x, 1, out=out)
+    L.inv.mul_(L.g)  # r = g/d
+    for m, r, out in zip(L.m_2d, L.inv_1d, L.raw_out):
+        torch.mv(m, r, out=out)
+    rows = [[x * sc / row[-1] for x, sc in zip(row, scale)] for row in L.stats.tolist()]
+    return [rows[r] for r in L.pos]
+
+
+def _sgd_scores(L: Layout, inv_norm: list[float], mus: tuple[float, ...] | None) -> list[list[float]]:
+    """Per tensor J_j = ⟨g, b_j⟩/‖h_j‖, or (⟨g, g⟩ + μ_j⟨g, b_j⟩)/‖h_j‖ for Nesterov: ``GapSGD._scores``."""
+    for m, g, out in zip(L.m_2d, L.g_1d, L.raw_out):
+        torch.mv(m, g, out=out)
+    if mus is None:
+        rows = [[x * sc for x, sc in zip(row, inv_norm)] for row in L.stats.tolist()]
+    else:
+        for g, out in zip(L.g_1d, L.extra_out):
+            torch.dot(g, g, out=out)
+        rows = [[(row[-1] + mu * x) * sc for x, mu, sc in zip(row, mus, inv_norm)] for row in L.stats.tolist()]
+    return [rows[r] for r in L.pos]
+
+
+def first_pass(kind: str, L: Layout, group: dict[str, Any], gs: list[Tensor], c: dict[str, Any],
+               cands: tuple[float, ...]) -> list[list[float]]:
+    """Update all buffers of the bucket; return its scores, one list of K floats per tensor."""
+    k, t = L.k, c["t"]
+    torch._foreach_copy_(L.g_views, gs)
+    g = L.g
+    next_score = group["score"] == "next"
+    rows = [[0.0] * k for _ in range(L.t)] if next_score and t == 1 else None
+    if kind == "adam":
+        if next_score and t > 1:
+            torch.sqrt(L.v, out=L.d).div_(c["prev_bc2_sqrt"]).add_(c["eps"])
+            rows = _adam_scores(L, c["prev_scale"])
+        L.v.mul_(c["b2"]).addcmul_(g, g, value=1 - c["b2"])
+        L.m.lerp_(L.g_all, L.column(cands, "one_minus"))
+        torch.sqrt(L.v, out=L.d).div_(c["bc2_sqrt"]).add_(c["eps"])
+        if not next_score:
+            rows = _adam_scores(L, c["scale"])
+    else:
+        if next_score and t > 1:
+            rows = _sgd_scores(L, c["prev_inv_norm"], None)
+        if t == 1:
+            L.m.copy_(L.g_all)
+        else:
+            L.m.mul_(L.column(cands, "same")).add_(g)
+        if not next_score:
+            rows = _sgd_scores(L, c["inv_norm"], cands if group["nesterov"] else None)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- decisions
+def decide_all(L: Layout, rows: list[list[float]], score_ema: float, hysteresis: int) -> list[int]:
+    """``selector.decide`` for all T tensors at once: the running scores in one float64 op (the same bits as
+    per tensor), the arg-max (ties keep the current choice, else the first maximum) and the debounce in Python
+    over host lists, the new (index, streak, challenger) and counts written back in three ops."""
+    avg = L.score
+    new = torch.tensor(rows, dtype=torch.float64)
+    if score_ema > 0:
+        avg.mul_(score_ema).add_(new, alpha=1.0 - score_ema)
+    else:
+        avg.copy_(new)
+    index, streak, challenger = L.ints.tolist()
+    need = max(hysteresis, 1)
+    for i, values in enumerate(avg.tolist()):
+        current = index[i]
+        best = max(values)
+        if best == best:  # no NaN: the leader is the current choice if it ties for the maximum, else the first
+            leader = current if values[current] == best else values.index(best)
+        else:
+            leader = max(range(len(values)), key=lambda j: (values[j], j == current))
+        if leader == current:
+            streak[i], challenger[i] = 0, -1
+            continue
+        streak[i] = streak[i] + 1 if challenger[i] == leader else 1
+        challenger[i] = leader
+        if streak[i] >= need:
+            index[i], streak[i], challenger[i] = leader, 0, -1
+    new_ints = torch.tensor([index, streak, challenger], dtype=torch.int64)
+    L.ints.copy_(new_ints)
+    L.counts.view(-1).index_add_(0, new_ints[0].add_(L.count_base), L.ones)
+    return index
+
+
+def record_global(L: Layout, j: int, global_score: Tensor) -> None:
+    """Global mode: every tensor of the bucket uses j (the per-parameter bookkeeping of the reference)."""
+    if L.filled != (j, L.ints._version):  # any write into the index rows since our fill bumps the version
+        L.index_row.fill_(j)
+        L.filled = (j, L.ints._version)
+    L.score.copy_(global_score)  # broadcast over the T rows
+    L.count_columns[j].add_(1)
+
+
+# ------------------------------------------------------------------------------------------------- steps
+def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
+          sts: list[dict[str, Any]], c: dict[str, Any], js: list[int]) -> None:
+    """θ ← θ·decay − s_j for every tensor (j = js[i]); the same per-tensor operations as the reference."""
+    if group["cautious"]:
+        for i, (p, g, st, j) in enumerate(zip(ps, gs, sts, js)):
+            if c["decay"] != 1.0:
+                p.mul_(c["decay"])
+            scratch = {"d": L.d_views[i]} if kind == "adam" else {}
+            p.sub_(F.cautious(opt._direction(p, g, st, c, j, group, scratch), g))
+        return
+    if c["decay"] != 1.0:
+        torch._foreach_mul_(ps, c["decay"])
+    uniform = all(j == js[0] for j in js)
+    if kind == "adam":
+        if uniform:
+            torch._foreach_addcdiv_(ps, L.m_rows[js[0]], L.d_views, -c["lr"] / c["bc1"][js[0]])
+        else:
+            torch._foreach_addcdiv_(ps, [L.m_rows[j][i] for i, j in enumerate(js)], L.d_views,
+                                    [-c["lr"] / c["bc1"][j] for j in js])
+        return
+    if group["nesterov"]:
+        torch._foreach_add_(ps, gs, alpha=-c["lr"])
+        mus = group["momentum_candidates"]
+        for j in sorted(set(js)):
+            idx = [i for i, jj in enumerate(js) if jj == j]
+            torch._foreach_add_([ps[i] for i in idx], [L.m_rows[j][i] for i in idx], alpha=-c["lr"] * mus[j])
+        return
+    bufs = L.m_rows[js[0]] if uniform else [L.m_rows[j][i] for i, j in enumerate(js)]
+    torch._foreach_add_(ps, bufs, alpha=-c["lr"])
+
+
+class Pending:
+    """One flat bucket between the two passes: its score table and what the second pass needs."""
+
+    __slots__ = ("kind", "layout", "rows", "group", "ps", "gs", "sts", "c")
+
+    def __init__(self, kind, layout, rows, group, ps, gs, sts, c) -> None:
+        self.kind, self.layout, self.rows = kind, layout, rows
+        self.group, self.ps, self.gs, self.sts, self.c = group, ps, gs, sts, c
+
+    def finish(self, opt: Any, chosen_global: int | None, global_score: Tensor | None) -> None:
+        """Decide (per tensor, or record the global choice) and step."""
+        group, L = self.group, self.layout
+        if group["mode"] == "global":
+            record_global(L, chosen_global, global_score)
+            js = [chosen_global] * L.t
+        else:
+            js = decide_all(L, self.rows, group["score_ema"], group["hysteresis"])
+        apply(opt, self.kind, L, group, self.ps, self.gs, self.sts, self.c, js)
