@@ -101,7 +101,8 @@ class _Trainer:
         self.create_graph = bool(getattr(type(optimizer), "needs_create_graph", False))
         self.probe = probe
         self.optimizer_seconds = 0.0
-        self.untimed_seconds = 0.0  # the probe's share of a step, taken off the clock by run_trial
+        self.untimed_seconds = 0.0  # the probe's share of a step (wall, CPU), taken off the clocks by run_trial
+        self.untimed_cpu_seconds = 0.0
 
     def _backward(self, loss: torch.Tensor) -> None:
         graph_step = getattr(self.optimizer, "next_step_needs_graph", None)  # only Hessian steps need the graph
@@ -116,10 +117,11 @@ class _Trainer:
         """Feed the gradients to the probe; return the seconds it took (not optimizer time)."""
         if self.probe is None:
             return 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.probe.update()
         spent = time.perf_counter() - t0
         self.untimed_seconds += spent
+        self.untimed_cpu_seconds += time.process_time() - c0
         return spent
 
     def step(self, batch: Any) -> float:
@@ -225,16 +227,17 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
             budget = 0
         window: list[float] = []
         for step in range(1, budget + 1):
-            w0, c0, u0 = time.perf_counter(), time.process_time(), trainer.untimed_seconds
+            w0, c0 = time.perf_counter(), time.process_time()
+            u0, uc0 = trainer.untimed_seconds, trainer.untimed_cpu_seconds
             try:
                 window.append(trainer.step(next(batches)))
                 if scheduler is not None:
                     scheduler.step()
                 result.steps = step
             finally:
-                untimed = trainer.untimed_seconds - u0  # the probe is measurement, not training
-                clock["wall"] += time.perf_counter() - w0 - untimed
-                clock["cpu"] += time.process_time() - c0 - untimed
+                # the probe is measurement, not training
+                clock["wall"] += time.perf_counter() - w0 - (trainer.untimed_seconds - u0)
+                clock["cpu"] += time.process_time() - c0 - (trainer.untimed_cpu_seconds - uc0)
             if step % workload.eval_every == 0 or step == budget:
                 if evaluate(step, window):
                     break
