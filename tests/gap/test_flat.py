@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -14,12 +15,12 @@ import torch
 import optfit
 from optfit.gap import GapAdam, GapAdamW, GapSGD, flat, selector
 
+from . import trajectories
+
 SHAPES = [(6, 4), (5,), (3, 2, 2), (17,), (1,), (33, 9), (), (4, 6), (5,)]  # sizes 24, 5, 1 repeat
 
 
-def _params(dtype=torch.float64, seed=0, shapes=SHAPES):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+_params = partial(trajectories._params, shapes=SHAPES)
 
 
 def _grad_stream(params, steps, seed=1, skip=None):

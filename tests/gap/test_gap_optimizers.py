@@ -12,28 +12,7 @@ import optfit
 from optfit.gap import GapAdam, GapAdamW, GapSGD
 
 from .streams import AR1Stream, feed
-
-SHAPES = [(6, 4), (5,), (3, 2, 2)]
-
-
-def _params(dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
-
-
-def _grads(steps, dtype=torch.float64, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES] for _ in range(steps)]
-
-
-def _run(make, grads, params=None):
-    params = params if params is not None else _params(grads[0][0].dtype)
-    opt = make(params)
-    for gs in grads:
-        for p, g in zip(params, gs):
-            p.grad = g.clone()
-        opt.step()
-    return [p.detach() for p in params], opt
+from .trajectories import _grads, _params, _run
 
 
 @pytest.mark.parametrize("kw,torch_cls,torch_kw", [

@@ -14,30 +14,10 @@ from optfit.gap.grokfast_filters import grokfast_ar1_next_score, grokfast_ar1_op
 from optfit.optim import grokfast_ema
 
 from .streams import AR1Stream
+from .trajectories import SHAPES, _grads, _params, _run
 
-SHAPES = [(6, 4), (5,), (3, 2, 2)]
 CANDS = ((0.98, 0.0), (0.98, 2.0), (0.9, 2.0))
 ORACLE_SHAPES = [(32, 128), (4096,)]
-
-
-def _params(dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
-
-
-def _grads(steps, dtype=torch.float64, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES] for _ in range(steps)]
-
-
-def _run(make, grads, params=None):
-    params = params if params is not None else _params(grads[0][0].dtype)
-    opt = make(params)
-    for gs in grads:
-        for p, g in zip(params, gs):
-            p.grad = g.clone()
-        opt.step()
-    return [p.detach() for p in params], opt
 
 
 def _close(ours, ref):
