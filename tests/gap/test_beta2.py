@@ -26,7 +26,6 @@ Streams: every coordinate has a fixed signal μ_i = ±μ and noise σ_{i,t}ξ_{i
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -35,7 +34,7 @@ import torch
 import optfit
 from optfit.gap import GapAdamWBeta2
 
-from .trajectories import _grads, _params, _run
+from .trajectories import _grads, _run, resume_and_compare
 
 B1 = 0.9
 CANDS = (0.95, 0.99, 0.999)
@@ -243,22 +242,7 @@ def test_drifting_scale_prefers_the_most_uniform_preconditioner():
 # ----------------------------------------------------------------------------------- introspection, resume
 @pytest.mark.parametrize("mode,score", [("global", "current"), ("per_param", "next")])
 def test_resume_mid_hysteresis_is_bit_exact(mode, score):
-    grads = _grads(40, torch.float32)
-
-    def make(ps):
-        return GapAdamWBeta2(ps, lr=0.01, mode=mode, score=score, hysteresis=5, score_ema=0.5)
-
-    full, opt_full = _run(make, grads, _params(torch.float32))
-    params = _params(torch.float32)
-    _, opt = _run(make, grads[:17], params)
-    saved = copy.deepcopy(opt.state_dict())
-    params2 = [p.detach().clone().requires_grad_() for p in params]
-    opt2 = make(params2)
-    opt2.load_state_dict(saved)
-    _run(lambda ps: opt2, grads[17:], params2)
-    for a, b in zip(full, params2):
-        assert torch.equal(a, b.detach())
-    assert opt2.gap_stats() == opt_full.gap_stats()
+    resume_and_compare(lambda ps: GapAdamWBeta2(ps, lr=0.01, mode=mode, score=score, hysteresis=5, score_ema=0.5))
 
 
 def test_selection_gap_stats_and_state_layout():

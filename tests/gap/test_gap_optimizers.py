@@ -3,7 +3,6 @@ modes, resume, bad input."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import optfit
 from optfit.gap import GapAdam, GapAdamW, GapSGD
 
 from .streams import AR1Stream, feed
-from .trajectories import _grads, _params, _run
+from .trajectories import _grads, _params, _run, resume_and_compare
 
 
 @pytest.mark.parametrize("kw,torch_cls,torch_kw", [
@@ -146,20 +145,7 @@ def test_bad_options_name_the_argument(kw, match):
 @pytest.mark.parametrize("mode", ["global", "per_param"])
 def test_resume_mid_hysteresis_is_bit_exact(mode):
     """The selector's running scores, challenger and streak are state: resuming mid-run changes nothing."""
-    grads = _grads(40, torch.float32)
-    make = lambda ps: GapAdamW(ps, lr=0.01, mode=mode, hysteresis=5, score_ema=0.5)  # noqa: E731
-    full, opt_full = _run(make, grads, _params(torch.float32))
-    params = _params(torch.float32)
-    _, opt = _run(make, grads[:17], params)
-    saved = copy.deepcopy(opt.state_dict())
-    saved_params = [p.detach().clone() for p in params]
-    params2 = [p.clone().requires_grad_() for p in saved_params]
-    opt2 = make(params2)
-    opt2.load_state_dict(saved)
-    _run(lambda ps: opt2, grads[17:], params2)
-    for a, b in zip(full, params2):
-        assert torch.equal(a, b.detach())
-    assert opt2.gap_stats() == opt_full.gap_stats()
+    params2, opt2 = resume_and_compare(lambda ps: GapAdamW(ps, lr=0.01, mode=mode, hysteresis=5, score_ema=0.5))
     st = opt2.state[params2[0]]
     assert st["gap_score"].dtype == torch.float64 and st["gap_counts"].dtype == torch.int64
 

@@ -3,7 +3,6 @@ resume and bad input."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from optfit.gap.grokfast_filters import grokfast_ar1_next_score, grokfast_ar1_op
 from optfit.optim import grokfast_ema
 
 from .streams import AR1Stream
-from .trajectories import SHAPES, _grads, _params, _run
+from .trajectories import SHAPES, _grads, _params, _run, resume_and_compare
 
 CANDS = ((0.98, 0.0), (0.98, 2.0), (0.9, 2.0))
 ORACLE_SHAPES = [(32, 128), (4096,)]
@@ -173,23 +172,8 @@ def test_selection_and_gap_stats_report_pairs():
 @pytest.mark.parametrize("mode,second_moment,score", [("global", "per_candidate", "current"),
                                                       ("per_param", "shared", "next")])
 def test_resume_mid_hysteresis_is_bit_exact(mode, second_moment, score):
-    grads = _grads(40, torch.float32)
-
-    def make(ps):
-        return GapGrokfast(ps, lr=0.01, mode=mode, second_moment=second_moment, score=score, hysteresis=5,
-                           score_ema=0.5)
-
-    full, opt_full = _run(make, grads, _params(torch.float32))
-    params = _params(torch.float32)
-    _, opt = _run(make, grads[:17], params)
-    saved = copy.deepcopy(opt.state_dict())
-    params2 = [p.detach().clone().requires_grad_() for p in params]
-    opt2 = make(params2)
-    opt2.load_state_dict(saved)
-    _run(lambda ps: opt2, grads[17:], params2)
-    for a, b in zip(full, params2):
-        assert torch.equal(a, b.detach())
-    assert opt2.gap_stats() == opt_full.gap_stats()
+    resume_and_compare(lambda ps: GapGrokfast(ps, lr=0.01, mode=mode, second_moment=second_moment, score=score,
+                                              hysteresis=5, score_ema=0.5))
 
 
 # ------------------------------------------------------------------------------------------------ bad input

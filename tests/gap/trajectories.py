@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 SHAPES = [(6, 4), (5,), (3, 2, 2)]
@@ -26,3 +28,21 @@ def _run(make, grads, params=None):
             p.grad = g.clone()
         opt.step()
     return [p.detach() for p in params], opt
+
+
+def resume_and_compare(make, steps=40, split=17, dtype=torch.float32):
+    """Run ``steps`` steps in one go, and again with a ``state_dict`` save/load into a fresh optimizer after
+    ``split`` steps; assert bit-equal parameters and ``gap_stats()``. Returns (resumed params, resumed optimizer)."""
+    grads = _grads(steps, dtype)
+    full, opt_full = _run(make, grads, _params(dtype))
+    params = _params(dtype)
+    _, opt = _run(make, grads[:split], params)
+    saved = copy.deepcopy(opt.state_dict())
+    params2 = [p.detach().clone().requires_grad_() for p in params]
+    opt2 = make(params2)
+    opt2.load_state_dict(saved)
+    _run(lambda ps: opt2, grads[split:], params2)
+    for a, b in zip(full, params2):
+        assert torch.equal(a, b.detach())
+    assert opt2.gap_stats() == opt_full.gap_stats()
+    return params2, opt2

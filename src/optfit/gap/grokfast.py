@@ -46,6 +46,7 @@ from torch import Tensor
 
 from ..optim import _validation as V
 from ..registry import OptimizerInfo, register
+from .adam import GapAdam
 from .engine import GapOptimizer
 from .grokfast_filters import grokfast_adam_scale
 
@@ -155,9 +156,7 @@ class GapGrokfast(GapOptimizer):
         return c
 
     # -------------------------------------------------------------------------------------- kernel
-    @staticmethod
-    def _denominator(v: Tensor, bc2_sqrt: float, eps: float) -> Tensor:
-        return torch.sqrt(v).div_(bc2_sqrt).add_(eps)
+    _denominator = staticmethod(GapAdam._denominator)  # √(v/(1−β₂ᵗ)) + ε, as in gap-adam
 
     @staticmethod
     def _scores(m: Tensor, g: Tensor, d: Tensor, scale: list[float]) -> list[float]:
