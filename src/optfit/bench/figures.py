@@ -204,6 +204,19 @@ def parse_selection(history) -> list[tuple[float, list[list]]]:
     return sorted(out, key=lambda t: t[0])
 
 
+def selection_shares(trials: list[TrialResult]) -> dict[str, float]:
+    """Share of all logged selections (every param group, tensor, step and seed pooled) held by each candidate,
+    candidates in display order. Raises ValueError on a malformed history."""
+    total: dict[str, int] = defaultdict(int)
+    for r in trials:
+        for _, sel in parse_selection(r.extras["selection"]):
+            for g in sel:
+                for v in g:
+                    total[_key(v)] += 1
+    grand = sum(total.values()) or 1
+    return {c: total[c] / grand for c in sorted(total, key=_order)}
+
+
 @_styled
 def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, dict[str, float]]:
     """Which candidate a gap optimizer selected over time: per param group, the share of selections (tensors and
@@ -212,7 +225,6 @@ def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, di
     histories = [parse_selection(r.extras["selection"]) for r in trials]
     n_groups = max(len(sel) for h in histories for _, sel in h)
     candidates = sorted({_key(v) for h in histories for _, sel in h for g in sel for v in g}, key=_order)
-    total: dict[str, float] = defaultdict(float)
     fig, axes = _new(9.6, 2.6 * min(n_groups, 4) + 0.4, nrows=min(n_groups, 4))
     for g, ax in enumerate(axes[:, 0]):
         counts: dict[float, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -220,7 +232,6 @@ def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, di
             for step, sel in h:
                 for v in sel[g] if g < len(sel) else []:
                     counts[step][_key(v)] += 1
-                    total[_key(v)] += 1
         steps = sorted(counts)
         if not steps:
             ax.text(0.5, 0.5, "no selections logged", ha="center", va="center", transform=ax.transAxes)
@@ -236,8 +247,7 @@ def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, di
         ax.set_ylabel("share of selections")
         ax.set_title(f"{_short(label)} on {_short(wl)}: param group {g} ({len(trials)} run(s))")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    grand = sum(total.values()) or 1.0
-    return _png(fig), {c: total[c] / grand for c in candidates}
+    return _png(fig), selection_shares(trials)
 
 
 def _key(v) -> str:

@@ -304,20 +304,16 @@ def _gradient_stats_section(s: Summary) -> str:
 
 
 def _most_selected(trials: list[TrialResult]) -> str:
-    counts: dict[str, int] = {}
-    for r in trials:
-        for _step, groups in r.extras.get("selection") or []:
-            try:
-                for row in groups:
-                    for v in row:
-                        counts[str(v)] = counts.get(str(v), 0) + 1
-            except TypeError:
-                continue
-    total = sum(counts.values())
-    if not total:
+    from . import figures
+
+    try:
+        shares = figures.selection_shares([r for r in trials if r.extras.get("selection")])
+    except (ValueError, TypeError):
         return "—"
-    best = max(counts, key=counts.get)
-    return f"{best} ({100 * counts[best] / total:.0f}%)"
+    if not shares:
+        return "—"
+    best = max(shares, key=shares.get)
+    return f"{best} ({100 * shares[best]:.0f}%)"
 
 
 def _configs_section(s: Summary) -> str:
