@@ -176,6 +176,20 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_impl_accepts_exactly_the_offered_values(name):
+    model = TinyNet()
+    opt = build(name, model)
+    offered = set(opt._offered_impls())
+    assert {"auto", "reference"} <= offered
+    for impl in ("auto", "reference", "foreach", "compiled", "flat"):
+        if impl in offered:
+            optfit.create_optimizer(TinyNet(), name, impl=impl)
+        else:
+            with pytest.raises(ValueError, match="impl"):
+                optfit.create_optimizer(TinyNet(), name, impl=impl)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_unknown_hyperparameter_is_a_type_error_listing_accepted(name):
     with pytest.raises(TypeError, match="lr"):
         optfit.create_optimizer(TinyNet(), name, learning_rate=0.1)

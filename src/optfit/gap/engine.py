@@ -65,16 +65,11 @@ class GapOptimizer(ElementwiseOptimizer):
         super().__init__(params, defaults, **options)
 
     # ------------------------------------------------------------------------------------ validation
+    def _offered_impls(self) -> tuple[str, ...]:
+        return tuple(i for i in self.IMPLS if i != "flat" or self._flat_kind() is not None)
+
     def _check_group(self, group: dict[str, Any]) -> None:
-        impl = group.get("impl", "auto")
-        if impl not in self.IMPLS or (impl == "flat" and self._flat_kind() is None):
-            offered = [i for i in self.IMPLS if i != "flat" or self._flat_kind() is not None]
-            raise ValueError(f"Invalid impl: {impl!r}; {type(self).__name__} offers {offered}")
-        group["impl"] = "reference"  # the base class checks its own list of impls; ours was checked above
-        try:
-            super()._check_group(group)
-        finally:
-            group["impl"] = impl
+        super()._check_group(group)
         key = self.candidates_key
         group[key] = self._check_candidates(key, group[key])
         V.choice("mode", group["mode"], MODES)

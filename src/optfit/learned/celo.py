@@ -91,9 +91,6 @@ class _CeloBase(ElementwiseOptimizer):
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
         V.nonneg("lr", group["lr"])
-        if group.get("impl") not in cls.IMPLS and group.get("impl") in ("foreach", "compiled"):
-            raise ValueError(f"Invalid impl: {group['impl']!r} for {cls.__name__} (choose one of "
-                             f"{', '.join(map(repr, cls.IMPLS))})")
 
     def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
         return {"lr": group["lr"], "step": step}

@@ -71,6 +71,7 @@ class ElementwiseOptimizer(Optimizer):
     needs_closure: ClassVar[bool] = False
     two_pass: ClassVar[bool] = False  # see _second_pass
     OPTIONS: ClassVar[tuple[str, ...]] = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode")
+    IMPLS: ClassVar[tuple[str, ...]] = IMPLS  # the impl values this class accepts (see _offered_impls)
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
         unknown = set(options) - set(self.OPTIONS)
@@ -94,11 +95,16 @@ class ElementwiseOptimizer(Optimizer):
         """Subclass hook: raise ``ValueError`` naming the first invalid hyperparameter in ``group``."""
         V.nonneg("lr", group["lr"])
 
+    def _offered_impls(self) -> tuple[str, ...]:
+        """The values ``impl`` may take for this optimizer: ``IMPLS``, less "foreach" where the class has no
+        ``_update_foreach``."""
+        return tuple(i for i in self.IMPLS if i != "foreach" or self._update_foreach is not None)
+
     def _check_group(self, group: dict[str, Any]) -> None:
         self._validate(group)
         V.flag("cautious", group["cautious"])
         V.choice("nonfinite", group["nonfinite"], F.NONFINITE_POLICIES)
-        V.choice("impl", group["impl"], IMPLS)
+        V.choice("impl", group["impl"], self._offered_impls())
         V.choice("state_dtype", group["state_dtype"], STATE_DTYPES)
         V.choice("decay_mode", group["decay_mode"], F.DECAY_MODES)
         group["grad_filter"] = F.check_filter(group["grad_filter"])

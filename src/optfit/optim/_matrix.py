@@ -121,7 +121,7 @@ class MatrixOptimizer(ElementwiseOptimizer):
         elif kind == "adamw":
             self._check_adamw(group, "")
         V.choice("nonfinite", group["nonfinite"], F.NONFINITE_POLICIES)
-        V.choice("impl", group["impl"], self.IMPLS)
+        V.choice("impl", group["impl"], self._offered_impls())
         V.choice("state_dtype", group["state_dtype"], (None, "float32"))
         V.choice("decay_mode", group["decay_mode"], F.DECAY_MODES)
 

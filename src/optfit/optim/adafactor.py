@@ -73,9 +73,6 @@ class Adafactor(ElementwiseOptimizer):
         if group.get("decay_mode") not in ("decoupled", "coupled"):
             raise ValueError(f"Invalid decay_mode: {group.get('decay_mode')!r} for Adafactor (choose 'decoupled' "
                              "for θ ← θ − λα_tθ or 'coupled' for L2)")
-        if group.get("impl") == "foreach":
-            raise ValueError("Invalid impl: 'foreach' is not available for Adafactor (per-tensor reductions); "
-                             "use 'reference' or 'compiled'")
 
     @staticmethod
     def _keys(group: dict[str, Any], factored: bool) -> tuple[str, ...]:

@@ -120,6 +120,10 @@ class FOSI(Optimizer):
                          "update_freq": update_freq, "warmup": warmup, "alpha": alpha, "momentum": momentum,
                          "momentum_style": momentum_style, "lr_clip": self.lr_clip, "seed": seed}
 
+    def _offered_impls(self) -> tuple[str, ...]:
+        """``impl`` belongs to the base optimizer."""
+        return self.base._offered_impls()
+
     @staticmethod
     def _base_info(base: Any):
         try:
