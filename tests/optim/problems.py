@@ -90,3 +90,19 @@ def updates_under_constant_gradient(opt: torch.optim.Optimizer, p: torch.Tensor,
                                     steps: int) -> list[torch.Tensor]:
     """Feed ``grad`` for ``steps`` steps; return each step's Δθ."""
     return step_updates(opt, p, [grad] * steps)
+
+
+def run_impls(make_opt, shapes, seed: int, steps: int = 5, impls=("reference", "foreach"), **tensor_kw):
+    """For each impl: fresh zero parameters of ``shapes``, ``make_opt(params, impl)``, ``steps`` steps on one seeded
+    random gradient stream; returns {impl: (params, opt)} so paths can be compared on identical inputs."""
+    out = {}
+    for impl in impls:
+        params = [torch.zeros(s, requires_grad=True, **tensor_kw) for s in shapes]
+        opt = make_opt(params, impl)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        out[impl] = (params, opt)
+    return out

@@ -10,7 +10,7 @@ import torch
 import optfit
 from optfit.optim import AdaMuon, orthogonalize
 
-from .problems import step_updates, updates_under_constant_gradient
+from .problems import run_impls, step_updates, updates_under_constant_gradient
 
 F64 = torch.float64
 
@@ -83,16 +83,7 @@ def test_decoupled_decay():
 
 def test_batched_equals_unbatched():
     shapes = [(6, 4)] * 3 + [(4, 6)] * 2 + [(6, 2, 2)]
-    out = {}
-    for impl in ("reference", "foreach"):
-        params = [torch.zeros(s, requires_grad=True) for s in shapes]
-        opt = AdaMuon(params, lr=0.02, impl=impl)
-        gen = torch.Generator().manual_seed(6)
-        for _ in range(5):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=gen)
-            opt.step()
-        out[impl] = (params, opt)
+    out = run_impls(lambda params, impl: AdaMuon(params, lr=0.02, impl=impl), shapes, seed=6)
     (ref, oref), (fast, ofast) = out["reference"], out["foreach"]
     for a, b in zip(ref, fast):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -10,7 +10,7 @@ import torch
 import optfit
 from optfit.optim import Muon, muon, orthogonalize
 
-from .problems import step_updates
+from .problems import run_impls, step_updates
 
 F64 = torch.float64
 
@@ -133,16 +133,14 @@ def test_batched_equals_unbatched_and_batches_by_shape(monkeypatch):
         return real(U, *args, **kwargs)
 
     monkeypatch.setattr(muon, "orthogonalize", spy)
+
+    def make(params, impl):
+        calls.clear()
+        return Muon(params, lr=0.03, weight_decay=0.1, impl=impl)
+
     results = {}
     for impl in ("reference", "foreach"):
-        calls.clear()
-        params = [torch.zeros(s, requires_grad=True) for s in shapes]
-        opt = Muon(params, lr=0.03, weight_decay=0.1, impl=impl)
-        gen = torch.Generator().manual_seed(8)
-        for _ in range(5):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=gen)
-            opt.step()
+        (params, opt), = run_impls(make, shapes, seed=8, impls=(impl,)).values()
         results[impl] = (params, opt, list(calls))
     (ref, oref, cref), (fast, ofast, cfast) = results["reference"], results["foreach"]
     assert cref[:7] == [(1, 8, 6)] * 4 + [(1, 6, 8)] * 2 + [(1, 8, 6)]
