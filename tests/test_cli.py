@@ -98,5 +98,7 @@ def test_bench_tune_leaves_other_workloads_entries_alone(tmp_path):
     first = json.loads(tuned.read_text())["workloads"][TINY]
     other = "tests.bench.runner_workloads:SlowEval"
     assert main(["bench", "tune", "--workload", other, *common]) == 0
-    doc = json.loads(tuned.read_text())["workloads"]
+    full = json.loads(tuned.read_text())
+    doc = full["workloads"]
     assert doc[TINY] == first and TINY not in doc[other]["command"]
+    assert full["command"].startswith("per workload")  # not the second command alone

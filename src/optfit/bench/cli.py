@@ -97,6 +97,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     merged = load_tuned(out)
     merged.update({k: v for k, v in found.items() if k != "workloads"})
     merged["workloads"] = {**merged.get("workloads", {}), **found["workloads"]}
+    if len({w.get("command") for w in merged["workloads"].values()}) > 1:
+        merged["command"] = "per workload: see each entry's command"  # a partial re-tune keeps the others
     out.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
     for w, entry in found["workloads"].items():
         print(f"{w}: {entry['hparams']}  steps to target {entry['steps_to_target']}  final {entry['final']}")
