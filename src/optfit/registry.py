@@ -112,7 +112,7 @@ def markdown_table() -> str:
         i = optimizer_info(name)
         preset = ", ".join(f"{k}={v!r}" for k, v in i.preset.items())
         cls = f"`{i.cls.__name__}`" + (f" ({preset})" if preset else "")
-        impls = getattr(i.cls, "IMPLS", None)
+        impls = i.cls._offered_impls() if hasattr(i.cls, "IMPLS") else None
         fast = (", ".join(x for x in impls if x not in ("auto", "reference")) or "—") if impls is not None \
             else ("foreach, compiled" if i.supports_foreach else "compiled")
         rows.append(f"| `{name}` | {cls} | {i.family} | {i.state_tensors:g} | {fast} | "

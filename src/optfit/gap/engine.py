@@ -65,8 +65,9 @@ class GapOptimizer(ElementwiseOptimizer):
         super().__init__(params, defaults, **options)
 
     # ------------------------------------------------------------------------------------ validation
-    def _offered_impls(self) -> tuple[str, ...]:
-        return tuple(i for i in self.IMPLS if i != "flat" or self._flat_kind() is not None)
+    @classmethod
+    def _offered_impls(cls) -> tuple[str, ...]:
+        return tuple(i for i in cls.IMPLS if i != "flat" or cls._flat_kind() is not None)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

@@ -412,8 +412,9 @@ class SmallFCLOpt(ElementwiseOptimizer):
     def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
         return {"lr": group["lr"], "t": float(step - 1)}
 
-    def _offered_impls(self) -> tuple[str, ...]:
-        return self.IMPLS  # "foreach" is _run_kernel's batched path, not an _update_foreach
+    @classmethod
+    def _offered_impls(cls) -> tuple[str, ...]:
+        return cls.IMPLS  # "foreach" is _run_kernel's batched path, not an _update_foreach
 
     def _impl(self, group: dict[str, Any], ps: list[Tensor]) -> str:
         return "foreach" if group["impl"] == "auto" else group["impl"]

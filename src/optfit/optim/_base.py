@@ -95,10 +95,11 @@ class ElementwiseOptimizer(Optimizer):
         """Subclass hook: raise ``ValueError`` naming the first invalid hyperparameter in ``group``."""
         V.nonneg("lr", group["lr"])
 
-    def _offered_impls(self) -> tuple[str, ...]:
+    @classmethod
+    def _offered_impls(cls) -> tuple[str, ...]:
         """The values ``impl`` may take for this optimizer: ``IMPLS``, less "foreach" where the class has no
         ``_update_foreach``."""
-        return tuple(i for i in self.IMPLS if i != "foreach" or self._update_foreach is not None)
+        return tuple(i for i in cls.IMPLS if i != "foreach" or cls._update_foreach is not None)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         self._validate(group)
