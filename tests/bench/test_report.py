@@ -130,3 +130,33 @@ def test_leaderboard_text_strips_control_characters(monkeypatch):
     res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "evil\x1b[2Jname", 0, rate=0.03)]
     text = leaderboard_text(res, {"quad": META["quad"]})
     assert "\x1b" not in text and "evil?[2Jname" in text
+
+
+def test_crowded_curve_figures_name_the_baseline_and_the_best_finals():
+    """With more optimizers than figures.MAX_NAMED, curves name the baseline and the best final medians."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from optfit.bench import figures
+
+    n = figures.MAX_NAMED + 5
+    bands = {f"opt{i}": {"median": np.array([0.0, 0.5, i / n])} for i in range(n)}
+    bands["opt3"]["median"][1:] = [3 / n, np.nan]  # its last finite value counts
+    bands["base"] = {"median": np.array([0.0, 0.1])}
+    for higher, best in ((True, {f"opt{i}" for i in range(n - 1, n - figures.MAX_NAMED, -1)}),
+                         (False, {f"opt{i}" for i in range(figures.MAX_NAMED - 1)})):
+        summary = SimpleNamespace(baseline="base", meta={"w": SimpleNamespace(higher_is_better=higher)})
+        named = figures._highlighted(summary, "w", bands)
+        assert named == best | {"base"} and len(named) == figures.MAX_NAMED
+    few = dict(list(bands.items())[:3])
+    assert figures._highlighted(summary, "w", few) == set(few)
+
+
+def test_crowded_report_renders(tmp_path):
+    """A report with more optimizers than figures.MAX_NAMED still writes every figure."""
+    results = [trial(w, f"opt-{i:02d}", seed, rate=0.004 * (i + 1)) for w in ("quad", "clf")
+               for i in range(14) for seed in range(2)]
+    path = write_report(results, META, tmp_path, baseline="opt-00")
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") >= 4

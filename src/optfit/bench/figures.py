@@ -71,25 +71,51 @@ def _logy_if_wide(ax, arrays: list[np.ndarray]) -> None:
         ax.set_yscale("log")
 
 
+MAX_NAMED = 10  # beyond this many optimizers, curves name the best few and draw the rest as grey context
+
+
+def _final(band: dict[str, np.ndarray]) -> float:
+    vals = band["median"][np.isfinite(band["median"])]
+    return float(vals[-1]) if vals.size else float("nan")
+
+
+def _highlighted(summary: Summary, wl: str, bands: dict[str, dict]) -> set[str]:
+    """Every label when there are few; else the baseline and the MAX_NAMED − 1 best final medians on ``wl``."""
+    if len(bands) <= MAX_NAMED:
+        return set(bands)
+    sign = -1.0 if summary.meta[wl].higher_is_better else 1.0
+    ranked = sorted((lab for lab in bands if lab != summary.baseline and np.isfinite(_final(bands[lab]))),
+                    key=lambda lab: sign * _final(bands[lab]))
+    return {summary.baseline, *ranked[:MAX_NAMED - 1]} - {None}
+
+
 @_styled
 def curves(summary: Summary, wl: str, col: dict[str, str]) -> bytes:
-    """Validation metric against steps and against timed seconds: median over seeds with the IQR band."""
+    """Validation metric against steps and against timed seconds: median over seeds with the IQR band. With more
+    than MAX_NAMED optimizers the best final medians (and the baseline) are named; the others are thin grey."""
     meta = summary.meta[wl]
     fig, axes = _new(9.6, 3.4, ncols=2)
-    drawn = []
+    bands = {}
     for lab in summary.labels:
-        reps = summary.reps(lab, wl)
-        band = curve_band(reps, meta.metric)
+        band = curve_band(summary.reps(lab, wl), meta.metric)
+        if np.isfinite(band["median"]).any():
+            bands[lab] = band
+    named = _highlighted(summary, wl, bands)
+    others = len(bands) - len(named)
+    for lab, band in sorted(bands.items(), key=lambda kv: kv[0] in named):  # grey context first, underneath
         ok = np.isfinite(band["median"])
-        if not ok.any():
-            continue
-        n = sum(1 for r in reps if r.curve)
+        n = sum(1 for r in summary.reps(lab, wl) if r.curve)
         for ax, x in zip(axes[0], (band["step"], band["wall"])):
             good = ok & np.isfinite(x)
+            if lab not in named:
+                ax.plot(x[good], band["median"][good], color="#b0b0b0", lw=0.7, alpha=0.7)
+                continue
             ax.plot(x[good], band["median"][good], color=col[lab], lw=1.6, label=f"{_short(lab)} (n={n})",
                     ls="--" if lab == summary.baseline else "-")
             ax.fill_between(x[good], band["q25"][good], band["q75"][good], color=col[lab], alpha=0.18, lw=0)
-        drawn.append(band["median"][ok])
+    if others:
+        axes[0][1].plot([], [], color="#b0b0b0", lw=0.7, label=f"{others} others (grey)")
+    drawn = [b["median"][np.isfinite(b["median"])] for b in bands.values()]
     direction = "higher is better" if meta.higher_is_better else "lower is better"
     for ax, xlabel in zip(axes[0], ("training step", "timed training time (s)")):
         if meta.target is not None:
@@ -98,36 +124,49 @@ def curves(summary: Summary, wl: str, col: dict[str, str]) -> bytes:
         ax.set_ylabel(f"{meta.metric} ({direction})")
         ax.grid(alpha=0.3)
         _logy_if_wide(ax, drawn)
-    axes[0][0].set_title(f"{_short(wl, 40)}: {meta.metric} vs steps (median, IQR band)")
+    best = f"; best {len(named) - (summary.baseline in named)} named" if others else " band"
+    axes[0][0].set_title(f"{_short(wl, 40)}: {meta.metric} vs steps (median, IQR{best})")
     axes[0][1].set_title(f"{_short(wl, 40)}: {meta.metric} vs time")
     if not drawn:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no finite curve points", ha="center", va="center", transform=ax.transAxes)
     if axes[0][1].get_legend_handles_labels()[0]:
-        axes[0][1].legend(loc="best", frameon=False)
+        axes[0][1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return _png(fig)
 
 
 @_styled
 def profiles(summary: Summary, col: dict[str, str], r_max: float = 4.0) -> bytes:
-    """AlgoPerf performance profiles ρ(τ) on [1, r_max], steps and seconds side by side, scores in the legend."""
+    """AlgoPerf performance profiles ρ(τ) on [1, r_max], steps and seconds side by side, scores in the legend.
+    Optimizers with B = 0 (ρ = 0 on the whole range) share one legend entry when there are more than MAX_NAMED."""
     fig, axes = _new(9.6, 3.4, ncols=2)
     taus = np.linspace(1.0, r_max, 601)
     k = len(summary.target_workloads)
     for ax, kind in zip(axes[0], ("steps", "seconds")):
         ratios = summary.ratios[kind]
-        for lab in sorted(summary.labels, key=lambda s: -summary.scores[kind][s]):
+        scores = summary.scores[kind]
+        crowded = len(summary.labels) > MAX_NAMED
+        zero = [lab for lab in summary.labels if crowded and scores[lab] == 0 and lab != summary.baseline]
+        for lab in sorted(summary.labels, key=lambda s: -scores[s]):
             r = np.array(list(ratios[lab].values()))
             rho = (r[None, :] <= taus[:, None]).mean(axis=1)
-            ax.step(taus, rho, where="post", color=col[lab], lw=1.6, ls="--" if lab == summary.baseline else "-",
-                    label=f"{_short(lab)}: B={summary.scores[kind][lab]:.3f}")
+            label = None if lab in zero else f"{_short(lab)}: B={scores[lab]:.3f}"
+            ax.step(taus, rho, where="post", color="#b0b0b0" if lab in zero else col[lab], lw=1.6,
+                    ls="--" if lab == summary.baseline else "-", label=label)
+        if zero:
+            ax.plot([], [], color="#b0b0b0", lw=1.6, label=f"{len(zero)} others: B=0")
         ax.set_xlim(1.0, r_max)
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel(f"τ (ratio to the fastest, time in {kind})")
         ax.set_ylabel(f"ρ(τ): share of {k} workload(s) within τ")
         ax.set_title(f"Performance profile ({kind} to target)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", frameon=True, framealpha=0.9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False, ncols=2) if crowded \
+            else ax.legend(loc="lower right", frameon=True, framealpha=0.9)
+    if len(summary.labels) > MAX_NAMED:  # room for the legends below the axes
+        entries = max(sum(1 for lab in summary.labels if summary.scores[kind][lab] > 0 or lab == summary.baseline)
+                      for kind in ("steps", "seconds")) + 1
+        fig.set_size_inches(9.6, 3.6 + 0.17 * -(-entries // 2))
     return _png(fig)
 
 
