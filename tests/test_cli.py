@@ -13,6 +13,13 @@ def test_list_prints_every_name(capsys):
     assert "adamw" in out and "sgd" in out
 
 
+def test_list_names_is_a_comma_separated_optimizers_argument(capsys):
+    import optfit
+
+    assert main(["list", "--names", "gap-*"]) == 0
+    assert capsys.readouterr().out.strip().split(",") == optfit.list_optimizers("gap-*")
+
+
 def test_list_pattern_without_match_is_an_error(capsys):
     assert main(["list", "zzz*"]) == 2
     assert "no optimizer matches" in capsys.readouterr().err

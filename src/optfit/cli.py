@@ -17,6 +17,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table())
         return 0
+    if args.names:
+        print(",".join(names))
+        return 0
     infos = [optimizer_info(n) for n in names]
     width, fam, pap = max(map(len, names)), max(len(i.family) for i in infos), max(len(i.paper) for i in infos)
     for name, info in zip(names, infos):
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_list = sub.add_parser("list", help="list the registered optimizers")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'adam*'")
     p_list.add_argument("--markdown", action="store_true", help="print the README table")
+    p_list.add_argument("--names", action="store_true",
+                        help="print the matching names comma-separated (for --optimizers)")
     p_list.set_defaults(func=_cmd_list)
     p_demo = sub.add_parser("demo", help="the smoke showdown: several optimizers incl. tuned AdamW and gap-adamw on "
                                          "the smoke suite; prints the leaderboard, writes the HTML report")
