@@ -106,3 +106,16 @@ def run_impls(make_opt, shapes, seed: int, steps: int = 5, impls=("reference", "
             opt.step()
         out[impl] = (params, opt)
     return out
+
+
+def record_shapes(monkeypatch, module, name: str) -> list[tuple[int, ...]]:
+    """Replace ``module.name`` by a pass-through that appends its first argument's shape to the returned list."""
+    calls: list[tuple[int, ...]] = []
+    real = getattr(module, name)
+
+    def spy(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls

@@ -10,7 +10,7 @@ import torch
 import optfit
 from optfit.optim import Muon, muon, orthogonalize
 
-from .problems import run_impls, step_updates
+from .problems import record_shapes, run_impls, step_updates
 
 F64 = torch.float64
 
@@ -125,14 +125,7 @@ def test_half_quadratic_moves_about_lr_in_spectral_norm_then_plateaus():
 
 def test_batched_equals_unbatched_and_batches_by_shape(monkeypatch):
     shapes = [(8, 6)] * 4 + [(6, 8)] * 2 + [(8, 3, 2)] + [(5,)]
-    calls = []
-    real = muon.orthogonalize
-
-    def spy(U, *args, **kwargs):
-        calls.append(tuple(U.shape))
-        return real(U, *args, **kwargs)
-
-    monkeypatch.setattr(muon, "orthogonalize", spy)
+    calls = record_shapes(monkeypatch, muon, "orthogonalize")
 
     def make(params, impl):
         calls.clear()

@@ -14,7 +14,7 @@ import optfit
 from optfit.optim import AdamW, Shampoo, _matrix, shampoo
 from optfit.optim.shampoo import block_layout, from_blocks, to_blocks
 
-from .problems import step_updates
+from .problems import record_shapes, step_updates
 
 F64 = torch.float64
 PLAIN = dict(betas=(0.0, 1.0), grafting="none", precondition_frequency=1)  # the original algorithm
@@ -237,15 +237,7 @@ def test_zero_gradient_block_stays_zero_and_finite():
 
 
 def _spy_roots(monkeypatch):
-    calls = []
-    real = shampoo.inverse_root
-
-    def spy(A, *args, **kwargs):
-        calls.append(tuple(A.shape))
-        return real(A, *args, **kwargs)
-
-    monkeypatch.setattr(shampoo, "inverse_root", spy)
-    return calls
+    return record_shapes(monkeypatch, shampoo, "inverse_root")
 
 
 def _train(shapes, impl, steps=5, dtype=torch.float32, **kw):
