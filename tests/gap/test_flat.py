@@ -17,7 +17,8 @@ from optfit.gap import GapAdam, GapAdamW, GapSGD, flat, selector
 
 from . import trajectories
 
-SHAPES = [(6, 4), (5,), (3, 2, 2), (17,), (1,), (33, 9), (), (4, 6), (5,)]  # sizes 24, 5, 1 repeat
+SHAPES = [(6, 4), (5,), (3, 2, 2), (17,), (1,), (33, 9), (), (4, 6), (5,), (65, 64), (64, 65), (4097,)]
+# sizes 24, 5, 1 repeat; the last three are above flat.SUM_MAX (a matrix–vector product per tensor)
 
 
 _params = partial(trajectories._params, shapes=SHAPES)

@@ -24,10 +24,10 @@ from torch import Tensor
 from ..optim import _validation as V
 from ..registry import OptimizerInfo, register
 from .engine import GapOptimizer
+from .flat import dots
 from .filters import adam_scale
 
 __all__ = ["GapAdam", "GapAdamW"]
-
 
 class GapAdam(GapOptimizer):
     """Adam with per-step β₁ selection; weight decay is coupled L2 (as in ``torch.optim.Adam``).
@@ -80,12 +80,11 @@ class GapAdam(GapOptimizer):
 
     @staticmethod
     def _scores(m: Tensor, g: Tensor, d: Tensor, scale: list[float]) -> list[float]:
-        """J_j = ⟨g, m_j/d⟩·scale_j / mean(1/d), accumulated in float32 or better."""
+        """J_j = ⟨g, m_j/d⟩·scale_j / mean(1/d), accumulated in float32 or better (mean(1/d) as Σ(1/d) / n)."""
         acc = torch.float64 if g.dtype == torch.float64 else torch.float32
         inv = torch.reciprocal(d).to(acc)
-        w = float(inv.mean())
-        r = inv.mul_(g).reshape(-1)
-        raw = (m.reshape(m.shape[0], -1).to(acc) @ r).double()
+        w = float(inv.sum()) / inv.numel()
+        raw = dots(m.reshape(m.shape[0], -1).to(acc), inv.mul_(g).reshape(-1)).double()
         return [float(x) * s / w for x, s in zip(raw.tolist(), scale)]
 
     def _first_pass(self, p, g, st, c, group, scratch) -> list[float]:

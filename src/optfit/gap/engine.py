@@ -60,7 +60,7 @@ class GapOptimizer(ElementwiseOptimizer):
     buffer_key: ClassVar[str] = "buffers"
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
-        self._global_state: dict[str, Tensor] | None = None
+        self._global: selector.Selector | None = None
         self._flat_layouts: dict[tuple, flat.Layout] = {}
         super().__init__(params, defaults, **options)
 
@@ -135,39 +135,51 @@ class GapOptimizer(ElementwiseOptimizer):
             self._pending.append((group, ps, gs, sts, c, flat.Pending(kind, layout, rows, group, ps, gs, sts, c),
                                   None))
             return
+        self._sync_flat()  # these states may be a flat layout's views (the impl changed, or the bucket)
         scratches = [{} for _ in ps]
         scores = [self._first_pass(p, g, st, c, group, x) for p, g, st, x in zip(ps, gs, sts, scratches)]
         self._pending.append((group, ps, gs, sts, c, scores, scratches))
 
-    def _global_scores(self, pending: list) -> list[float] | None:
-        """Σ over every tensor of the global-mode groups (the one reduction of the global rule)."""
-        rows = [s for group, *_, scores, _ in pending if group["mode"] == "global"
-                for s in (scores.rows if isinstance(scores, flat.Pending) else scores)]
-        if not rows:
+    def _sync_flat(self) -> None:
+        """Bring every flat layout's lazily written per-tensor state up to date (``flat.record_global``)."""
+        for layout in self._flat_layouts.values():
+            layout.flush()
+
+    def _global_scores(self, pending: list) -> tuple[list[float], dict[str, Any]] | None:
+        """Σ over every tensor of the global-mode groups, in parameter order (the one reduction of the global
+        rule: where sharded parameters would all-reduce), and the first global group."""
+        rows, lists, first = [], set(), None
+        for group, *_, scores, _ in pending:
+            if group["mode"] == "global":
+                rows += scores.rows if isinstance(scores, flat.Pending) else scores
+                lists.add(group[self.candidates_key])
+                first = first or group
+        if first is None:
             return None
-        lists = {group[self.candidates_key] for group, *_ in pending if group["mode"] == "global"}
         if len(lists) > 1:
             raise ValueError(f"mode='global' needs one {self.candidates_key} list shared by every global param "
                              f"group; got {sorted(lists)} (use mode='per_param' for different lists)")
-        return torch.tensor(rows, dtype=torch.float64).sum(0).tolist()
+        return [sum(column) for column in zip(*rows)], first
 
     def _second_pass(self, pending: list, loss: Any) -> None:
-        totals = self._global_scores(pending)
-        chosen_global = None
-        if totals is not None:
-            first = next(g for g, *_ in pending if g["mode"] == "global")
-            if self._global_state is None:
-                self._global_state = selector.new_state(len(totals), self._initial_index(first))
-            chosen_global = selector.decide(self._global_state, totals, first["score_ema"], first["hysteresis"])
+        chosen_global = global_tensor = None
+        found = self._global_scores(pending)
+        if found is not None:
+            totals, first = found
+            if self._global is None:
+                self._global = selector.Selector(len(totals), self._initial_index(first))
+            chosen_global = self._global.update(totals, first["score_ema"], first["hysteresis"])
         for group, ps, gs, sts, c, scores, scratches in pending:
             if isinstance(scores, flat.Pending):
-                scores.finish(self, chosen_global, self._global_state and self._global_state["gap_score"])
+                scores.finish(self, chosen_global, self._global and self._global.score)
                 continue
             for p, g, st, sc, x in zip(ps, gs, sts, scores, scratches):
                 if group["mode"] == "global":
                     j = chosen_global
+                    if global_tensor is None:
+                        global_tensor = torch.tensor(self._global.score, dtype=torch.float64)
                     st["gap_index"].fill_(j)
-                    st["gap_score"].copy_(self._global_state["gap_score"])
+                    st["gap_score"].copy_(global_tensor)
                     st["gap_counts"][j] += 1
                 else:
                     j = selector.decide(st, sc, group["score_ema"], group["hysteresis"])
@@ -186,6 +198,7 @@ class GapOptimizer(ElementwiseOptimizer):
     # ------------------------------------------------------------------------------- introspection
     def selection(self) -> list[list[float]]:
         """Per param group, the candidate value each parameter uses now (the initial one before its first step)."""
+        self._sync_flat()
         out = []
         for group in self.param_groups:
             cands = group[self.candidates_key]
@@ -212,8 +225,8 @@ class GapOptimizer(ElementwiseOptimizer):
                 counts += st["gap_counts"].double()
                 scores += st["gap_score"]
             total = float(counts.sum())
-            if group["mode"] == "global" and self._global_state is not None:
-                scores = self._global_state["gap_score"].clone()
+            if group["mode"] == "global" and self._global is not None:
+                scores = torch.tensor(self._global.score, dtype=torch.float64)
             elif states:
                 scores /= len(states)
             out.append({"candidates": list(cands), "mode": group["mode"], "scores": scores.tolist(),
@@ -223,9 +236,10 @@ class GapOptimizer(ElementwiseOptimizer):
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        self._sync_flat()
         sd = super().state_dict()
-        if self._global_state is not None:
-            sd["optfit"]["gap_global"] = {k: v.clone() for k, v in self._global_state.items()}
+        if self._global is not None:
+            sd["optfit"]["gap_global"] = self._global.to_state()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -239,10 +253,16 @@ class GapOptimizer(ElementwiseOptimizer):
                 if key.startswith("gap_") and isinstance(v, Tensor):
                     self.state[params[index]][key] = v.clone().to(device=params[index].device)
         saved_global = state_dict.get("optfit", {}).get("gap_global")
-        self._global_state = {k: v.clone() for k, v in saved_global.items()} if saved_global else None
+        self._global = selector.Selector.from_state(saved_global) if saved_global else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What torch.optim pickles (and ``copy.deepcopy`` copies), plus the global selector."""
+        self._sync_flat()
+        return {**super().__getstate__(), "_global": self._global}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_global_state", None)
+        old = self.__dict__.pop("_global_state", None)  # pickles from before the Python selector
+        self.__dict__.setdefault("_global", selector.Selector.from_state(old) if old else None)
         self.__dict__.setdefault("_flat_layouts", {})
 

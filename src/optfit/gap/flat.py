@@ -42,10 +42,18 @@ import torch
 from torch import Tensor
 
 from ..optim import _features as F
+from . import selector
 
 ALIGN_BYTES = 64
 FLAT_DTYPES = (torch.float32, torch.float64)
 SELECTOR_KEYS = ("gap_index", "gap_score", "gap_streak", "gap_challenger", "gap_counts")
+SUM_MAX = 4096  # Adam's scores: tensors up to this size by a product and a sum (one reduction per size), larger by gemv
+
+
+def dots(m: Tensor, r: Tensor) -> Tensor:
+    """⟨m_j, r⟩ for the rows of m (K, n) as the reference computes them: ``(m * r).sum(1)`` for n ≤ ``SUM_MAX``
+    (the flat path then reduces every tensor of one size in one op, with the same bits), else ``m @ r``."""
+    return (m * r).sum(1) if r.numel() <= SUM_MAX else m @ r
 
 
 class Layout:
@@ -80,9 +88,10 @@ class Layout:
         for (a, b), st in zip(self.segments, sts):
             self.m[:, a:b].copy_(st[buf_key].reshape(k, -1))
         if kind == "adam":
-            self.v, self.d, self.inv = torch.zeros(n, **like), torch.zeros(n, **like), torch.zeros(n, **like)
+            self.v, self.d, self.r = torch.zeros(n, **like), torch.zeros(n, **like), torch.zeros(n, **like)
             for (a, b), st in zip(self.segments, sts):
                 self.v[a:b].copy_(st["exp_avg_sq"].reshape(-1))
+            self._adam_tables(groups, like)
         cpu = torch.device("cpu")
         self.ints = torch.stack([torch.stack([st[key].to(cpu) for st in sts])
                                  for key in ("gap_index", "gap_streak", "gap_challenger")]).to(torch.int64)
@@ -111,19 +120,53 @@ class Layout:
             views.append(entry)
         if kind == "adam":
             self.d_views = [self.d[s].view(shape) for s, shape in zip(seg, self.shapes)]
-            self.inv_1d = [self.inv[s] for s in seg]
-            # the means of 1/d, one op per size: rows of a strided view reduce exactly as separate tensors
-            self.mean_in = [self.inv[off:off + count * padded].view(count, padded)[:, :size]
-                            for _, count, size, off, padded in groups]
-            self.mean_out = [self.stats[row:row + count, k] for row, count, *_ in groups]
         for st, entry in zip(sts, views):
             st.update(entry)  # existing keys keep their place: state_dict looks as before
         self.keys = tuple(views[0])
         self.views = [entry[key] for entry in views for key in self.keys]
-        self.index_row = self.ints[0]
-        self.filled: tuple[int, int] | None = None  # (j, version of ints) after record_global's fill
-        self.count_columns = [self.counts[:, j] for j in range(k)]
+        # global mode: the per-tensor copies of the global choice, written at ``flush`` (record_global)
+        self.lazy_index: int | None = None
+        self.lazy_score: list[float] = []
+        self.lazy_counts = [0] * k
         self._weights: dict[tuple, Tensor] = {}
+
+    def _adam_tables(self, groups: list[list[int]], like: dict[str, Any]) -> None:
+        """Adam's score table (K+1, T): per tensor (column, buffer order) ⟨m_j, g/d⟩ for every j, then Σ 1/d.
+
+        Tensors of at most ``SUM_MAX`` elements (a prefix of the buffer, of length ns) take products into
+        ``q[:K]`` and the reciprocals into ``q[K]``, and one ``sum`` per size reduces all their rows; the rows of a
+        strided view reduce exactly as separate tensors. ``q`` and ``inv`` share one storage, so that q[K] *is*
+        inv[:ns]. Larger tensors (the last columns): one ``sum`` of 1/d per size and one matrix–vector product
+        per tensor into a row of ``mv_table``, as ``dots``."""
+        k, n = self.k, self.n
+        ns = sum(count * padded for _, count, size, _, padded in groups if size <= SUM_MAX)
+        store = torch.zeros(k * ns + n, **like)
+        self.inv = store[k * ns:]
+        self.q = store[:(k + 1) * ns].view(k + 1, ns)
+        self.m_small, self.r_small, self.q_prod = self.m[:, :ns], self.r[:ns], self.q[:k]
+        self.table = torch.zeros((k + 1, self.t), **like)
+        self.sizes = [size for _, count, size, *_ in groups for _ in range(count)]  # per column
+        self.sum_in, self.sum_out, self.mv_in = [], [], []
+        for row, count, size, off, padded in groups:
+            if size <= SUM_MAX:
+                self.sum_in.append(self.q[:, off:off + count * padded].view(k + 1, count, padded)[:, :, :size])
+                self.sum_out.append(self.table[:, row:row + count])
+                continue
+            self.sum_in.append(self.inv[off:off + count * padded].view(count, padded)[:, :size])
+            self.sum_out.append(self.table[k, row:row + count])
+            self.mv_in += [(self.m[:, a:a + size], self.r[a:a + size]) for a in range(off, off + count * padded, padded)]
+        # gemv into a contiguous row (a strided output changes its bits)
+        self.mv_table = torch.zeros((len(self.mv_in), k), **like)
+        self.mv_out = list(self.mv_table)
+
+    def flush(self) -> None:
+        """Write the global choices recorded since the last flush into the per-tensor selector state."""
+        if self.lazy_index is None:
+            return
+        self.ints[0].fill_(self.lazy_index)
+        self.score.copy_(torch.tensor(self.lazy_score, dtype=torch.float64))  # broadcast over the T rows
+        self.counts.add_(torch.tensor(self.lazy_counts, dtype=torch.int64))
+        self.lazy_index, self.lazy_counts = None, [0] * self.k
 
     def valid_for(self, ps: list[Tensor], sts: list[dict[str, Any]]) -> bool:
         """Are ``sts`` still backed by this layout (not replaced by ``load_state_dict`` or by hand)?"""
@@ -163,21 +206,27 @@ def layout_for(cache: dict[tuple, Layout], kind: str, ps: list[Tensor], sts: lis
         return None
     members = set(key)
     for other in [kk for kk in cache if members.intersection(kk)]:
-        del cache[other]  # its views no longer back those parameters' state
+        cache.pop(other).flush()  # its views back those parameters' state until the new layout copies it
     layout = cache[key] = Layout(kind, ps, sts, k)
     return layout
 
 
 # ------------------------------------------------------------------------------------------------ scores
 def _adam_scores(L: Layout, scale: list[float]) -> list[list[float]]:
-    """Per tensor J_j = ⟨g, m_j/d⟩·scale_j / mean(1/d) from L.d: ``GapAdam._scores``, bit for bit."""
+    """Per tensor J_j = ⟨g, m_j/d⟩·scale_j / (Σ(1/d)/n) from L.d: ``GapAdam._scores``, bit for bit."""
     torch.reciprocal(L.d, out=L.inv)
-    for x, out in zip(L.mean_in, L.mean_out):
-        torch.mean(x, 1, out=out)
-    L.inv.mul_(L.g)  # r = g/d
-    for m, r, out in zip(L.m_2d, L.inv_1d, L.raw_out):
+    torch.mul(L.inv, L.g, out=L.r)
+    if L.r_small.numel():
+        torch.mul(L.m_small, L.r_small, out=L.q_prod)
+    for x, out in zip(L.sum_in, L.sum_out):
+        torch.sum(x, -1, out=out)
+    for (m, r), out in zip(L.mv_in, L.mv_out):
         torch.mv(m, r, out=out)
-    rows = [[x * sc / row[-1] for x, sc in zip(row, scale)] for row in L.stats.tolist()]
+    *dot, inv_sum = L.table.tolist()
+    cols = list(zip(*dot))
+    if L.mv_in:  # the large tensors are the last columns
+        cols[len(cols) - len(L.mv_in):] = L.mv_table.tolist()
+    rows = [[x * sc / (w / n) for x, sc in zip(col, scale)] for col, w, n in zip(cols, inv_sum, L.sizes)]
     return [rows[r] for r in L.pos]
 
 
@@ -226,8 +275,8 @@ def first_pass(kind: str, L: Layout, group: dict[str, Any], gs: list[Tensor], c:
 # --------------------------------------------------------------------------------------------- decisions
 def decide_all(L: Layout, rows: list[list[float]], score_ema: float, hysteresis: int) -> list[int]:
     """``selector.decide`` for all T tensors at once: the running scores in one float64 op (the same bits as
-    per tensor), the arg-max (ties keep the current choice, else the first maximum) and the debounce in Python
-    over host lists, the new (index, streak, challenger) and counts written back in three ops."""
+    per tensor), the arg-max and debounce in Python over host lists (``selector.choose``), the new
+    (index, streak, challenger) and counts written back in three ops."""
     avg = L.score
     new = torch.tensor(rows, dtype=torch.float64)
     if score_ema > 0:
@@ -235,40 +284,27 @@ def decide_all(L: Layout, rows: list[list[float]], score_ema: float, hysteresis:
     else:
         avg.copy_(new)
     index, streak, challenger = L.ints.tolist()
-    need = max(hysteresis, 1)
     for i, values in enumerate(avg.tolist()):
-        current = index[i]
-        best = max(values)
-        if best == best:  # no NaN: the leader is the current choice if it ties for the maximum, else the first
-            leader = current if values[current] == best else values.index(best)
-        else:
-            leader = max(range(len(values)), key=lambda j: (values[j], j == current))
-        if leader == current:
-            streak[i], challenger[i] = 0, -1
-            continue
-        streak[i] = streak[i] + 1 if challenger[i] == leader else 1
-        challenger[i] = leader
-        if streak[i] >= need:
-            index[i], streak[i], challenger[i] = leader, 0, -1
+        index[i], streak[i], challenger[i] = selector.choose(values, index[i], streak[i], challenger[i], hysteresis)
     new_ints = torch.tensor([index, streak, challenger], dtype=torch.int64)
     L.ints.copy_(new_ints)
     L.counts.view(-1).index_add_(0, new_ints[0].add_(L.count_base), L.ones)
     return index
 
 
-def record_global(L: Layout, j: int, global_score: Tensor) -> None:
-    """Global mode: every tensor of the bucket uses j (the per-parameter bookkeeping of the reference)."""
-    if L.filled != (j, L.ints._version):  # any write into the index rows since our fill bumps the version
-        L.index_row.fill_(j)
-        L.filled = (j, L.ints._version)
-    L.score.copy_(global_score)  # broadcast over the T rows
-    L.count_columns[j].add_(1)
+def record_global(L: Layout, j: int, score: list[float]) -> None:
+    """Global mode: every tensor of the bucket uses j. The reference's per-tensor bookkeeping (index, running
+    score, counts: copies of the global selector's) is kept in Python and written at ``Layout.flush``, which
+    ``state_dict``, ``selection``, ``gap_stats``, pickling and any other path that reads it call first."""
+    L.lazy_index, L.lazy_score = j, score
+    L.lazy_counts[j] += 1
 
 
 # ------------------------------------------------------------------------------------------------- steps
 def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
-          sts: list[dict[str, Any]], c: dict[str, Any], js: list[int]) -> None:
-    """θ ← θ·decay − s_j for every tensor (j = js[i]); the same per-tensor operations as the reference."""
+          sts: list[dict[str, Any]], c: dict[str, Any], js: list[int], uniform: bool = False) -> None:
+    """θ ← θ·decay − s_j for every tensor (j = js[i]; ``uniform``: all equal); the same per-tensor operations as
+    the reference."""
     if group["cautious"]:
         for i, (p, g, st, j) in enumerate(zip(ps, gs, sts, js)):
             if c["decay"] != 1.0:
@@ -278,7 +314,7 @@ def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor
         return
     if c["decay"] != 1.0:
         torch._foreach_mul_(ps, c["decay"])
-    uniform = all(j == js[0] for j in js)
+    uniform = uniform or all(j == js[0] for j in js)
     if kind == "adam":
         if uniform:
             torch._foreach_addcdiv_(ps, L.m_rows[js[0]], L.d_views, -c["lr"] / c["bc1"][js[0]])
@@ -306,12 +342,13 @@ class Pending:
         self.kind, self.layout, self.rows = kind, layout, rows
         self.group, self.ps, self.gs, self.sts, self.c = group, ps, gs, sts, c
 
-    def finish(self, opt: Any, chosen_global: int | None, global_score: Tensor | None) -> None:
+    def finish(self, opt: Any, chosen_global: int | None, global_score: list[float] | None) -> None:
         """Decide (per tensor, or record the global choice) and step."""
         group, L = self.group, self.layout
         if group["mode"] == "global":
             record_global(L, chosen_global, global_score)
             js = [chosen_global] * L.t
         else:
+            L.flush()  # the mode may have been global until this step
             js = decide_all(L, self.rows, group["score_ema"], group["hysteresis"])
-        apply(opt, self.kind, L, group, self.ps, self.gs, self.sts, self.c, js)
+        apply(opt, self.kind, L, group, self.ps, self.gs, self.sts, self.c, js, group["mode"] == "global")
