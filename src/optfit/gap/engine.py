@@ -31,6 +31,8 @@ overrides the maths (``FLAT_MATHS``) falls back to "reference".
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -62,6 +64,7 @@ class GapOptimizer(ElementwiseOptimizer):
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
         self._global: selector.Selector | None = None
         self._flat_layouts: dict[tuple, flat.Layout] = {}
+        self._prefetched: dict[int, list[Tensor]] = {}  # id(layout) → the gradients copied into it this step
         super().__init__(params, defaults, **options)
 
     # ------------------------------------------------------------------------------------ validation
@@ -127,11 +130,48 @@ class GapOptimizer(ElementwiseOptimizer):
             _FLAT_KINDS[cls] = cls.flat_kind if same else None
         return _FLAT_KINDS[cls]
 
+    def _finite_or_policy(self, work: list) -> bool:
+        """The base class's check, but a group whose bucket runs flat is checked on its flat gradient buffer:
+        the gradients are copied there now (``first_pass`` then skips its copy) and one sum tells all finite
+        (a NaN or ±inf makes it non-finite; so may an overflow). Anything else, or a non-finite sum, goes to the
+        base class's per-tensor check, which names the parameter; only the flat buffer has been written."""
+        self._prefetched = {}
+        sums, rest = [], []
+        for group, items in work:
+            if not items or group["nonfinite"] == "ignore":
+                continue
+            layout = self._prefetch(group, items)
+            if layout is None:
+                rest += [torch.view_as_real(g) if g.is_complex() else g for _, _, g in items]
+            else:
+                sums.append(layout.g.sum())
+        if not sums:
+            return super()._finite_or_policy(work)
+        if all(map(math.isfinite, torch.stack(sums).tolist())) and F.first_nonfinite(rest) is None:
+            return True
+        return super()._finite_or_policy(work)
+
+    def _prefetch(self, group: dict[str, Any], items: list) -> flat.Layout | None:
+        """Copy the group's gradients into its flat layout if the whole group is one cached, valid bucket."""
+        if group["impl"] not in ("auto", "flat") or self._flat_kind() is None:
+            return None
+        sts = [self.state.get(p) for _, p, _ in items]
+        layout = self._flat_layouts.get(tuple(map(id, sts)))
+        ps = [p for _, p, _ in items]
+        if layout is None or not layout.valid_for(ps, sts):
+            return None
+        gs = [g for *_, g in items]
+        torch._foreach_copy_(layout.g_views, gs)
+        self._prefetched[id(layout)] = gs
+        return layout
+
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         kind = self._flat_kind() if group["impl"] in ("auto", "flat") else None
         layout = kind and flat.layout_for(self._flat_layouts, kind, ps, sts, len(group[self.candidates_key]))
         if layout:
-            rows = flat.first_pass(kind, layout, group, gs, c, group[self.candidates_key])
+            copied = self._prefetched.pop(id(layout), None)
+            copied = copied is not None and len(copied) == len(gs) and all(map(operator.is_, copied, gs))
+            rows = flat.first_pass(kind, layout, group, gs, c, group[self.candidates_key], copied)
             self._pending.append((group, ps, gs, sts, c, flat.Pending(kind, layout, rows, group, ps, gs, sts, c),
                                   None))
             return
@@ -265,4 +305,5 @@ class GapOptimizer(ElementwiseOptimizer):
         old = self.__dict__.pop("_global_state", None)  # pickles from before the Python selector
         self.__dict__.setdefault("_global", selector.Selector.from_state(old) if old else None)
         self.__dict__.setdefault("_flat_layouts", {})
+        self.__dict__.setdefault("_prefetched", {})
 

@@ -244,10 +244,12 @@ def _sgd_scores(L: Layout, inv_norm: list[float], mus: tuple[float, ...] | None)
 
 
 def first_pass(kind: str, L: Layout, group: dict[str, Any], gs: list[Tensor], c: dict[str, Any],
-               cands: tuple[float, ...]) -> list[list[float]]:
-    """Update all buffers of the bucket; return its scores, one list of K floats per tensor."""
+               cands: tuple[float, ...], copied: bool = False) -> list[list[float]]:
+    """Update all buffers of the bucket; return its scores, one list of K floats per tensor. ``copied``: L.g
+    already holds ``gs`` (the non-finite check put them there)."""
     k, t = L.k, c["t"]
-    torch._foreach_copy_(L.g_views, gs)
+    if not copied:
+        torch._foreach_copy_(L.g_views, gs)
     g = L.g
     next_score = group["score"] == "next"
     rows = [[0.0] * k for _ in range(L.t)] if next_score and t == 1 else None
