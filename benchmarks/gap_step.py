@@ -10,13 +10,14 @@ optfit adamw.
 Part 2 — end to end: ``optfit.bench.runner.run_trial`` on each ``--e2e`` workload with identical
 hyperparameters (lr 3e-3, weight decay 0.01, warmup 2 % + cosine, seed 0) for adamw, gap-adamw (default impl,
 i.e. flat) and gap-adamw ``impl="reference"``, repeated ``--repeats`` times interleaved; reported: the median
-training wall time (``train_seconds``: forward, backward and step; evaluation and gap-adamw's gradient probe
-excluded), the median optimizer time and share, the ratio of median training times to adamw's, and — less
-sensitive to the other jobs on a shared machine — the same ratio with the non-optimizer time pooled over all
-runs of the workload: (f/b + optimizer) ÷ (f/b + adamw's optimizer).
+training wall time (``train_seconds``: forward, backward and step; evaluation excluded), the median optimizer
+time and share, the ratio of median training times to adamw's, and — less sensitive to the other jobs on a
+shared machine — the same ratio with the non-optimizer time pooled over all
+runs of the workload: (f/b + optimizer) ÷ (f/b + adamw's optimizer). The showdown's ``GradientStats`` probe
+is left out unless ``--probe``: it runs off the clock, but its memory traffic still slows the step after it.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gap_step.py [--models w10-digits,w5-cnn1d,w6-charlm,w3-mlp]
-        [--stack] [--rounds 9] [--steps 20] [--e2e w10-digits,w5-cnn1d,w6-charlm] [--repeats 3]
+        [--stack] [--rounds 9] [--steps 20] [--e2e w10-digits,w5-cnn1d,w6-charlm] [--repeats 3] [--probe]
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def part1(models: list[str], stack: bool, rounds: int, n: int) -> None:
         print(f"| {name} | {len(ps)} | {sum(p.numel() for p in ps):,} | " + " | ".join(cells) + " |", flush=True)
 
 
-def part2(workloads: list[str], repeats: int, max_steps: int | None) -> None:
+def part2(workloads: list[str], repeats: int, max_steps: int | None, probe: bool = False) -> None:
     print("\n## End to end (run_trial; median over interleaved repeats)\n")
     print("| workload | steps | member | train s | optimizer s | optimizer share | train ÷ adamw | "
           "(f/b + optimizer) ÷ adamw's |")
@@ -111,7 +112,7 @@ def part2(workloads: list[str], repeats: int, max_steps: int | None) -> None:
             for label, name, extra in members:
                 spec = TrialSpec(workload=w, optimizer=name, hparams={"lr": 3e-3, "weight_decay": 0.01, **extra},
                                  seed=0, schedule={"kind": "warmup_cosine", "warmup": 0.02})
-                r = run_trial(spec, eval_at_start=False, max_steps=max_steps)
+                r = run_trial(spec, eval_at_start=False, max_steps=max_steps, gradient_probe=probe)
                 if r.status != "done":
                     raise RuntimeError(f"{w} {label}: {r.status} {r.error}")
                 res[label].append(r)
@@ -136,6 +137,8 @@ def main() -> None:
     parser.add_argument("--e2e", default="w10-digits,w5-cnn1d,w6-charlm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=None, help="cap each trial (default: the workload's)")
+    parser.add_argument("--probe", action=argparse.BooleanOptionalAction, default=False,
+                        help="attach the showdown's GradientStats probe to the gap trials (off: time the optimizer alone)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     models = [m for m in args.models.split(",") if m]
@@ -143,7 +146,7 @@ def main() -> None:
         part1(models, args.stack, args.rounds, args.steps)
     e2e = [w for w in args.e2e.split(",") if w]
     if e2e:
-        part2(e2e, args.repeats, args.max_steps)
+        part2(e2e, args.repeats, args.max_steps, args.probe)
 
 
 if __name__ == "__main__":

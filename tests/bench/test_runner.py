@@ -200,6 +200,9 @@ def test_gap_trials_carry_a_gradient_stats_probe_and_others_do_not():
     last = stats[-1][1]
     assert last["steps"] == 60 and 0.0 <= last["predicted_beta"] < 1.0 and len(last["autocorrelation"]) == 9
     assert "gradient_stats" not in run_trial(spec()).extras
+    without = run_trial(spec(optimizer="gap-adamw", lr=0.05), gradient_probe=False)
+    assert without.status == "done" and "gradient_stats" not in without.extras
+    assert without.final_metrics == res.final_metrics  # the probe only reads the gradients
 
 
 class NeedsGraph(torch.optim.SGD):

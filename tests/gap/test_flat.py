@@ -339,3 +339,122 @@ def test_decide_all_is_selector_decide_for_every_row():
             for u, st in zip(units, states):
                 for key in flat.SELECTOR_KEYS:
                     assert torch.equal(u[key], st[key]), key
+
+
+def _spy_first_pass(monkeypatch):
+    """Record the ``copied`` flag of every flat first pass."""
+    seen, real = [], flat.first_pass
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("copied", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flat, "first_pass", spy)
+    return seen
+
+
+def test_the_nonfinite_check_fills_the_flat_gradient_buffer(monkeypatch):
+    """After the first step (which builds the layout) the check copies the gradients and first_pass does not;
+    gradients replaced before the kernel (coupled L2 adds λθ) or a check that is off make it copy itself."""
+    seen = _spy_first_pass(monkeypatch)
+    params = _params(torch.float32)
+    opt = GapAdamW(params, impl="flat")
+    _drive(opt, params, _grad_stream(params, 4))
+    assert seen == [False, True, True, True]
+    seen.clear()
+    params = _params(torch.float32)
+    opt = GapAdam(params, impl="flat", weight_decay=0.1)
+    _drive(opt, params, _grad_stream(params, 3))
+    assert seen == [False, False, False]
+    seen.clear()
+    params = _params(torch.float32)
+    opt = GapAdamW(params, impl="flat", nonfinite="ignore")
+    _drive(opt, params, _grad_stream(params, 3))
+    assert seen == [False, False, False]
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "ignore"])
+def test_gradients_updated_in_place_between_steps(nonfinite):
+    """The same .grad tensors, overwritten in place each step: nothing stale is reused from an earlier step."""
+    runs = []
+    for impl in ("reference", "flat"):
+        params = _params(torch.float32)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt = GapAdamW(params, impl=impl, nonfinite=nonfinite, hysteresis=1)
+        hist = []
+        for row in _grad_stream(params, 12):
+            for p, g in zip(params, row):
+                p.grad.copy_(g + 0.3 * p.detach())
+            opt.step()
+            hist.append(opt.selection())
+        runs.append((params, opt, hist))
+    _assert_same_run(*runs)
+
+
+def test_a_finite_gradient_whose_sum_overflows_still_steps():
+    """The flat check's one sum overflows to inf on huge finite gradients: the per-tensor check then finds them
+    finite and the step runs, as in the reference (the second moment overflows too: every d is inf, every score
+    0, the choice stays)."""
+    runs = []
+    for impl in ("reference", "flat"):
+        params = _params(torch.float32)
+        opt = GapAdamW(params, impl=impl)
+        stream = _grad_stream(params, 4)
+        stream[2] = [torch.full(g.shape, 3e38) for g in stream[2]]
+        runs.append((params, opt, _drive(opt, params, stream, pull=0.0)))
+    _assert_same_run(*runs)
+    assert runs[1][1].skipped_steps == 0 and int(runs[1][1].state[runs[1][0][0]]["step"]) == 4
+
+
+def test_deepcopy_and_pickle_mid_run_carry_the_global_choice():
+    """The global selector and the lazily written per-tensor copies of its choice survive copy.deepcopy and
+    pickling (torch.optim pickles only defaults, state and param_groups; the copy has no layout to flush)."""
+    params = _params(torch.float32)
+    opt = GapAdamW(params, impl="flat", hysteresis=2)
+    stream = _grad_stream(params, 20)
+    _drive(opt, params, stream[:8])
+    _raw_steps(opt, params, stream[8:10])
+    assert opt._flat_layouts[next(iter(opt._flat_layouts))].lazy_index is not None
+    for clone in (copy.deepcopy(opt), torch.load(io.BytesIO(_pickled(opt)), weights_only=False)):
+        assert not clone._flat_layouts and clone._global.counts == opt._global.counts == [8, 2, 0]
+        _assert_same_state(opt, clone)
+    twin_params, twin = copy.deepcopy((params, opt))
+    assert _drive(opt, params, stream[10:]) == _drive(twin, twin_params, stream[10:])
+    _assert_same_state(opt, twin)
+    assert opt.gap_stats() == twin.gap_stats()
+
+
+def _raw_steps(opt, params, stream):
+    """Steps without ``selection()`` (which would flush the lazily written per-tensor state)."""
+    for row in stream:
+        for p, g in zip(params, row):
+            p.grad = g + 0.3 * p.detach()
+        opt.step()
+
+
+def _pickled(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("switch", ["mode", "impl"])
+def test_switching_mode_or_impl_mid_run(switch):
+    """Global for 10 steps, then per_param (or the reference impl): the lazily written per-tensor state is
+    flushed first, so the run equals the reference doing the same."""
+    runs, counts = [], []
+    for impl in ("reference", "flat"):
+        params = _params(torch.float32)
+        opt = GapAdamW(params, impl=impl, hysteresis=1)
+        stream = _grad_stream(params, 20)
+        hist = _drive(opt, params, stream[:8])
+        _raw_steps(opt, params, stream[8:10])
+        key, value = ("mode", "per_param") if switch == "mode" else ("impl", "reference")
+        opt.param_groups[0][key] = value
+        _raw_steps(opt, params, stream[10:11])
+        counts.append([opt.state[p]["gap_counts"].clone() for p in params])  # read directly: nothing flushes here
+        hist += _drive(opt, params, stream[11:])
+        runs.append((params, opt, hist))
+    assert all(map(torch.equal, *counts))
+    _assert_same_run(*runs)

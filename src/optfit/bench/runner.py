@@ -161,7 +161,7 @@ class _Trainer:
 
 def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_target: bool = False,
               eval_at_start: bool = True, warmup_steps: int = 2, max_steps: int | None = None,
-              on_eval: Callable[[CurvePoint], None] | None = None) -> TrialResult:
+              on_eval: Callable[[CurvePoint], None] | None = None, gradient_probe: bool = True) -> TrialResult:
     """Train ``spec`` in this process and return its result; never raises for a failing trial.
 
     ``workload`` overrides ``get_workload(spec.workload)``. One thread (``torch.set_num_threads(1)``, the
@@ -171,8 +171,9 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
     step. A non-finite loss (or metric) gives status ``"diverged"``, an exception ``"failed"`` with the error.
     Optimizers with ``selection()`` / ``gap_stats()`` get ``extras["selection"] = [[step, selection], ...]``
     and ``extras["gap_stats"]`` (the last one). Gap-family trials also carry a ``GradientStats`` probe (run after
-    each backward pass, off the clock): ``extras["gradient_stats"] = [[step, summary], ...]``, its noise scale,
-    fitted ρ and predicted β* at every evaluation. Optimizer classes with ``needs_create_graph`` get
+    each backward pass, off the clock; ``gradient_probe=False`` leaves it out, e.g. to time the optimizer alone,
+    since the probe's memory traffic still slows the step after it): ``extras["gradient_stats"] = [[step,
+    summary], ...]``, its noise scale, fitted ρ and predicted β* at every evaluation. Optimizer classes with ``needs_create_graph`` get
     ``loss.backward(create_graph=True)`` (AdaHessian, FOSI: Hessian-vector products).
     """
     os.environ.update(THREAD_ENV)
@@ -195,7 +196,7 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         _seed_everything(spec.seed + 1)
         optimizer = create_optimizer(model, spec.optimizer, **hparams)
         scheduler = schedules.attach(optimizer, spec.schedule, workload.step_hint)
-        probe = GradientStats(list(model.parameters())) if info.family == "gap" else None
+        probe = GradientStats(list(model.parameters())) if info.family == "gap" and gradient_probe else None
         trainer = _Trainer(workload, model, optimizer, info.needs_closure, probe)
         batches = iter(workload.train_batches(spec.seed))
         model.train()

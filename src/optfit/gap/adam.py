@@ -85,6 +85,8 @@ class GapAdam(GapOptimizer):
         inv = torch.reciprocal(d).to(acc)
         w = float(inv.sum()) / inv.numel()
         raw = dots(m.reshape(m.shape[0], -1).to(acc), inv.mul_(g).reshape(-1)).double()
+        if not w:  # every d infinite (an overflowed second moment): no direction, no preference
+            return [0.0] * len(scale)
         return [float(x) * s / w for x, s in zip(raw.tolist(), scale)]
 
     def _first_pass(self, p, g, st, c, group, scratch) -> list[float]:

@@ -26,7 +26,10 @@ Settled choices (each is tested in ``tests/gap``):
 ``impl``: "reference" runs the subclass's per-tensor ``_first_pass``/``_apply``; a subclass that names a
 ``flat_kind`` (gap-adam(w), gap-sgd) also offers "flat" (``flat.py``: the same maths on flat buffers, a few
 ops per step whatever the tensor count), which "auto" uses wherever it applies. A further subclass that
-overrides the maths (``FLAT_MATHS``) falls back to "reference".
+overrides the maths (``FLAT_MATHS``) falls back to "reference". In global mode the flat path writes each
+tensor's copy of the global choice (``state[p]["gap_index"/"gap_score"/"gap_counts"]``) lazily: ``state_dict``,
+``selection``, ``gap_stats`` and pickling bring it up to date, a direct read of ``optimizer.state`` between
+steps may be behind.
 """
 
 from __future__ import annotations

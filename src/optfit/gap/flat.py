@@ -11,20 +11,23 @@ reference format (same keys, same shapes, a view where the reference has a tenso
     selector  (index, streak, challenger) (3, T) int64; score (T, K) float64; counts (T, K) int64 — on the
               CPU, as the reference creates them; state["gap_*"] are their rows
 
-One step: one ``_foreach_copy_`` of the gradients into a flat G; the moment, lerp (all K buffers at once) and
-denominator maths as whole-buffer ops; per tensor one ``mean`` and one matrix–vector product written into one
-(T, K+1) table, which crosses to the host once; the scores' scalar factors in Python floats (the reference's
-own arithmetic); the selector's decisions for all T tensors at once (``decide_all``, the rule of
-``selector.decide``); one ``_foreach_addcdiv_`` / ``_foreach_add_`` for the parameters.
+One step: the non-finite check copies the gradients into a flat G (one ``_foreach_copy_``) and sums it once
+(``GapOptimizer._finite_or_policy``); the moment, lerp (all K buffers at once) and denominator maths as
+whole-buffer ops; Adam's scores from one (K+1, T) table — for tensors of at most ``SUM_MAX`` elements one
+product M·(g/d) and one ``sum`` per tensor size, above that one matrix–vector product per tensor — which
+crosses to the host once; the scores' scalar factors in Python floats (the reference's own arithmetic); the
+choice for all T tensors at once (``decide_all``, the rule of ``selector.choose``) or, in global mode, the
+engine's Python ``Selector``, whose per-tensor copies (index, score, counts) are written only at ``flush``;
+one ``_foreach_addcdiv_`` / ``_foreach_add_`` for the parameters.
 
 Exactness. Every segment starts on a 64-byte boundary and N is a multiple of that (the padding between
 segments stays zero), so each per-tensor reduction reads the same aligned layout as the reference's own
 tensors, and the BLAS matrix–vector product gives the same bits (an unaligned slice does not: MKL's gemv
-changes its summation order). Segments are ordered by size, so the means of tensors of one size are one
-reduction over the rows of a strided view (the same bits as separate tensors; a batched matrix product would
-not be). Elementwise ops are elementwise. So scores, choices, state and parameters
-equal the reference's bit for bit on this CPU (tests/gap/test_flat.py checks it; on a BLAS whose gemv
-depends on more than alignment they agree to rounding).
+changes its summation order; nor does a strided output). Segments are ordered by size, so the sums over
+tensors of one size are one reduction over the rows of a strided view (the same bits as separate tensors; a
+batched matrix product would not be). Elementwise ops are elementwise. So scores, choices, state and
+parameters equal the reference's bit for bit on this CPU (tests/gap/test_flat.py checks it; on a BLAS whose
+gemv depends on more than alignment they agree to rounding).
 
 Buckets change when a parameter's gradient is None on some step (its step count falls behind) or when
 ``load_state_dict`` replaces the state: a bucket whose state entries are not this layout's views is rebuilt
@@ -226,7 +229,8 @@ def _adam_scores(L: Layout, scale: list[float]) -> list[list[float]]:
     cols = list(zip(*dot))
     if L.mv_in:  # the large tensors are the last columns
         cols[len(cols) - len(L.mv_in):] = L.mv_table.tolist()
-    rows = [[x * sc / (w / n) for x, sc in zip(col, scale)] for col, w, n in zip(cols, inv_sum, L.sizes)]
+    rows = [[x * sc / w for x, sc in zip(col, scale)] if w else [0.0] * L.k
+            for col, w in zip(cols, map(operator.truediv, inv_sum, L.sizes))]
     return [rows[r] for r in L.pos]
 
 
