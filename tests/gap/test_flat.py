@@ -458,3 +458,20 @@ def test_switching_mode_or_impl_mid_run(switch):
         runs.append((params, opt, hist))
     assert all(map(torch.equal, *counts))
     _assert_same_run(*runs)
+
+
+def test_compatible_groups_run_as_one_batch(monkeypatch):
+    """Groups that differ only in what the step uses (lr, weight decay, caution) share one layout and one first
+    pass, prefetched gradients included; a different β₂ makes a second batch. Both equal the reference."""
+    seen = _spy_first_pass(monkeypatch)
+
+    def make(ps, impl, beta2=0.999):
+        return GapAdamW([{"params": ps[:4]}, {"params": ps[4:8], "lr": 0.003, "weight_decay": 0.0},
+                         {"params": ps[8:], "cautious": True, "beta2": beta2}], lr=0.01, impl=impl, hysteresis=1)
+
+    for beta2, layouts in [(0.999, 1), (0.99, 2)]:
+        seen.clear()
+        runs = _pair(lambda ps, impl: make(ps, impl, beta2), steps=12, dtype=torch.float32)
+        _assert_same_run(*runs)
+        assert len(runs[1][1]._flat_layouts) == layouts and _uses_flat(runs[1][1])
+        assert seen == [False] * layouts + [True] * (11 * layouts)

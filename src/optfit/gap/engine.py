@@ -26,7 +26,9 @@ Settled choices (each is tested in ``tests/gap``):
 ``impl``: "reference" runs the subclass's per-tensor ``_first_pass``/``_apply``; a subclass that names a
 ``flat_kind`` (gap-adam(w), gap-sgd) also offers "flat" (``flat.py``: the same maths on flat buffers, a few
 ops per step whatever the tensor count), which "auto" uses wherever it applies. A further subclass that
-overrides the maths (``FLAT_MATHS``) falls back to "reference". In global mode the flat path writes each
+overrides the maths (``FLAT_MATHS``) falls back to "reference". Flat buckets of different param groups that
+share every number of the first pass (``flat.Request.merge_key``: e.g. a no-decay group beside a decay group)
+run as one batch on one layout. In global mode the flat path writes each
 tensor's copy of the global choice (``state[p]["gap_index"/"gap_score"/"gap_counts"]``) lazily: ``state_dict``,
 ``selection``, ``gap_stats`` and pickling bring it up to date, a direct read of ``optimizer.state`` between
 steps may be behind.
@@ -35,7 +37,6 @@ steps may be behind.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -134,54 +135,73 @@ class GapOptimizer(ElementwiseOptimizer):
         return _FLAT_KINDS[cls]
 
     def _finite_or_policy(self, work: list) -> bool:
-        """The base class's check, but a group whose bucket runs flat is checked on its flat gradient buffer:
-        the gradients are copied there now (``first_pass`` then skips its copy) and one sum tells all finite
-        (a NaN or ±inf makes it non-finite; so may an overflow). Anything else, or a non-finite sum, goes to the
-        base class's per-tensor check, which names the parameter; only the flat buffer has been written."""
+        """The base class's check, but gradients of a cached flat layout are checked on its flat buffer: they are
+        copied there now (``first_pass`` then skips its copy) and one sum per layout tells all finite (a NaN or
+        ±inf makes it non-finite; so may an overflow). Other gradients, or a non-finite sum, go to the base
+        class's per-tensor check, which names the parameter; only flat gradient buffers have been written."""
         self._prefetched = {}
-        sums, rest = [], []
+        starts = {layout.key[0]: layout for layout in self._flat_layouts.values()}
+        candidates, rest = [], []
         for group, items in work:
             if not items or group["nonfinite"] == "ignore":
                 continue
-            layout = self._prefetch(group, items)
-            if layout is None:
-                rest += [torch.view_as_real(g) if g.is_complex() else g for _, _, g in items]
+            if starts and group["impl"] in ("auto", "flat") and self._flat_kind() is not None:
+                candidates += items
             else:
-                sums.append(layout.g.sum())
+                rest += items
+        sums, i, state = [], 0, self.state
+        while i < len(candidates):
+            layout = starts.get(id(state.get(candidates[i][1])))
+            chunk = candidates[i:i + layout.t] if layout is not None else ()
+            sts = [state.get(p) for _, p, _ in chunk]
+            if layout is None or tuple(map(id, sts)) != layout.key or not layout.valid_for([p for _, p, _ in chunk],
+                                                                                          sts):
+                rest.append(candidates[i])
+                i += 1
+                continue
+            gs = [g for *_, g in chunk]
+            torch._foreach_copy_(layout.g_views, gs)
+            self._prefetched[id(layout)] = gs
+            sums.append(layout.g.sum())
+            i += layout.t
         if not sums:
             return super()._finite_or_policy(work)
-        if all(map(math.isfinite, torch.stack(sums).tolist())) and F.first_nonfinite(rest) is None:
+        grads = [torch.view_as_real(g) if g.is_complex() else g for *_, g in rest]
+        if all(map(math.isfinite, torch.stack(sums).tolist())) and F.first_nonfinite(grads) is None:
             return True
         return super()._finite_or_policy(work)
 
-    def _prefetch(self, group: dict[str, Any], items: list) -> flat.Layout | None:
-        """Copy the group's gradients into its flat layout if the whole group is one cached, valid bucket."""
-        if group["impl"] not in ("auto", "flat") or self._flat_kind() is None:
-            return None
-        sts = [self.state.get(p) for _, p, _ in items]
-        layout = self._flat_layouts.get(tuple(map(id, sts)))
-        ps = [p for _, p, _ in items]
-        if layout is None or not layout.valid_for(ps, sts):
-            return None
-        gs = [g for *_, g in items]
-        torch._foreach_copy_(layout.g_views, gs)
-        self._prefetched[id(layout)] = gs
-        return layout
-
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         kind = self._flat_kind() if group["impl"] in ("auto", "flat") else None
-        layout = kind and flat.layout_for(self._flat_layouts, kind, ps, sts, len(group[self.candidates_key]))
-        if layout:
-            copied = self._prefetched.pop(id(layout), None)
-            copied = copied is not None and len(copied) == len(gs) and all(map(operator.is_, copied, gs))
-            rows = flat.first_pass(kind, layout, group, gs, c, group[self.candidates_key], copied)
-            self._pending.append((group, ps, gs, sts, c, flat.Pending(kind, layout, rows, group, ps, gs, sts, c),
-                                  None))
+        if kind:  # its first pass waits for the second pass, to run with the compatible buckets of other groups
+            request = flat.Request(kind, group, ps, gs, sts, c, group[self.candidates_key])
+            self._pending.append((group, ps, gs, sts, c, request, None))
             return
+        self._pending.append(self._reference_first_pass(group, ps, gs, sts, c))
+
+    def _reference_first_pass(self, group, ps, gs, sts, c) -> tuple:
         self._sync_flat()  # these states may be a flat layout's views (the impl changed, or the bucket)
         scratches = [{} for _ in ps]
         scores = [self._first_pass(p, g, st, c, group, x) for p, g, st, x in zip(ps, gs, sts, scratches)]
-        self._pending.append((group, ps, gs, sts, c, scores, scratches))
+        return group, ps, gs, sts, c, scores, scratches
+
+    def _flat_first_passes(self, pending: list) -> list:
+        """Run the flat requests, merged across param groups where ``Request.merge_key`` allows; each keeps its
+        place in ``pending`` (as a ``flat.Part``), so the global sum runs in parameter order."""
+        batches: dict[tuple, list[int]] = {}
+        for i, entry in enumerate(pending):
+            if isinstance(entry[5], flat.Request):
+                batches.setdefault(entry[5].merge_key(), []).append(i)
+        if not batches:
+            return pending
+        out = list(pending)
+        for idx in batches.values():
+            parts = flat.run_batch(self._flat_layouts, [pending[i][5] for i in idx], self._prefetched)
+            for n, i in enumerate(idx):
+                group, ps, gs, sts, c = pending[i][:5]
+                out[i] = (group, ps, gs, sts, c, parts[n], None) if parts else \
+                    self._reference_first_pass(group, ps, gs, sts, c)
+        return out
 
     def _sync_flat(self) -> None:
         """Bring every flat layout's lazily written per-tensor state up to date (``flat.record_global``)."""
@@ -194,7 +214,7 @@ class GapOptimizer(ElementwiseOptimizer):
         rows, lists, first = [], set(), None
         for group, *_, scores, _ in pending:
             if group["mode"] == "global":
-                rows += scores.rows if isinstance(scores, flat.Pending) else scores
+                rows += scores.rows if isinstance(scores, flat.Part) else scores
                 lists.add(group[self.candidates_key])
                 first = first or group
         if first is None:
@@ -205,6 +225,7 @@ class GapOptimizer(ElementwiseOptimizer):
         return [sum(column) for column in zip(*rows)], first
 
     def _second_pass(self, pending: list, loss: Any) -> None:
+        pending = self._flat_first_passes(pending)
         chosen_global = global_tensor = None
         found = self._global_scores(pending)
         if found is not None:
@@ -213,7 +234,7 @@ class GapOptimizer(ElementwiseOptimizer):
                 self._global = selector.Selector(len(totals), self._initial_index(first))
             chosen_global = self._global.update(totals, first["score_ema"], first["hysteresis"])
         for group, ps, gs, sts, c, scores, scratches in pending:
-            if isinstance(scores, flat.Pending):
+            if isinstance(scores, flat.Part):
                 scores.finish(self, chosen_global, self._global and self._global.score)
                 continue
             for p, g, st, sc, x in zip(ps, gs, sts, scores, scratches):

@@ -308,14 +308,19 @@ def record_global(L: Layout, j: int, score: list[float]) -> None:
 
 # ------------------------------------------------------------------------------------------------- steps
 def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor], gs: list[Tensor],
-          sts: list[dict[str, Any]], c: dict[str, Any], js: list[int], uniform: bool = False) -> None:
-    """θ ← θ·decay − s_j for every tensor (j = js[i]; ``uniform``: all equal); the same per-tensor operations as
-    the reference."""
+          sts: list[dict[str, Any]], c: dict[str, Any], js: list[int], uniform: bool = False, lo: int = 0) -> None:
+    """θ ← θ·decay − s_j for the tensors lo, lo+1, … of the layout (j = js[i]; ``uniform``: all equal); the same
+    per-tensor operations as the reference."""
+    hi = lo + len(ps)
+    rows, d_views = L.m_rows, L.d_views if kind == "adam" else None
+    if lo or hi != L.t:
+        rows = [row[lo:hi] for row in rows]
+        d_views = d_views and d_views[lo:hi]
     if group["cautious"]:
         for i, (p, g, st, j) in enumerate(zip(ps, gs, sts, js)):
             if c["decay"] != 1.0:
                 p.mul_(c["decay"])
-            scratch = {"d": L.d_views[i]} if kind == "adam" else {}
+            scratch = {"d": d_views[i]} if kind == "adam" else {}
             p.sub_(F.cautious(opt._direction(p, g, st, c, j, group, scratch), g))
         return
     if c["decay"] != 1.0:
@@ -323,9 +328,9 @@ def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor
     uniform = uniform or all(j == js[0] for j in js)
     if kind == "adam":
         if uniform:
-            torch._foreach_addcdiv_(ps, L.m_rows[js[0]], L.d_views, -c["lr"] / c["bc1"][js[0]])
+            torch._foreach_addcdiv_(ps, rows[js[0]], d_views, -c["lr"] / c["bc1"][js[0]])
         else:
-            torch._foreach_addcdiv_(ps, [L.m_rows[j][i] for i, j in enumerate(js)], L.d_views,
+            torch._foreach_addcdiv_(ps, [rows[j][i] for i, j in enumerate(js)], d_views,
                                     [-c["lr"] / c["bc1"][j] for j in js])
         return
     if group["nesterov"]:
@@ -333,28 +338,86 @@ def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor
         mus = group["momentum_candidates"]
         for j in sorted(set(js)):
             idx = [i for i, jj in enumerate(js) if jj == j]
-            torch._foreach_add_([ps[i] for i in idx], [L.m_rows[j][i] for i in idx], alpha=-c["lr"] * mus[j])
+            torch._foreach_add_([ps[i] for i in idx], [rows[j][i] for i in idx], alpha=-c["lr"] * mus[j])
         return
-    bufs = L.m_rows[js[0]] if uniform else [L.m_rows[j][i] for i, j in enumerate(js)]
+    bufs = rows[js[0]] if uniform else [rows[j][i] for i, j in enumerate(js)]
     torch._foreach_add_(ps, bufs, alpha=-c["lr"])
 
 
-class Pending:
-    """One flat bucket between the two passes: its score table and what the second pass needs."""
+# ---------------------------------------------------------------------------------------------- batching
+class Request:
+    """A bucket that can run flat, as ``_run_kernel`` saw it; the second pass runs compatible requests of every
+    param group as one batch on one layout (``run_batch``): a model with a no-decay group costs one set of ops."""
 
-    __slots__ = ("kind", "layout", "rows", "group", "ps", "gs", "sts", "c")
+    __slots__ = ("kind", "group", "ps", "gs", "sts", "c", "cands")
 
-    def __init__(self, kind, layout, rows, group, ps, gs, sts, c) -> None:
-        self.kind, self.layout, self.rows = kind, layout, rows
-        self.group, self.ps, self.gs, self.sts, self.c = group, ps, gs, sts, c
+    def __init__(self, kind, group, ps, gs, sts, c, cands) -> None:
+        self.kind, self.group, self.ps, self.gs, self.sts, self.c, self.cands = kind, group, ps, gs, sts, c, cands
+
+    def merge_key(self) -> tuple:
+        """Requests with equal keys share every number of the first pass and of the choice; lr, weight decay and
+        caution, which only the step uses, may differ."""
+        g, c, p0 = self.group, self.c, self.ps[0]
+        common = (self.kind, p0.dtype, p0.device, self.cands, c["t"], g["score"], g["mode"], g["score_ema"],
+                  g["hysteresis"])
+        return common + ((c["b2"], c["eps"]) if self.kind == "adam" else (g["nesterov"],))
+
+
+class Batch:
+    """Compatible requests on one layout after the first pass: the score rows (layout order) and the choice."""
+
+    __slots__ = ("kind", "layout", "rows", "group", "js")
+
+    def __init__(self, kind: str, layout: Layout, rows: list[list[float]], group: dict[str, Any]) -> None:
+        self.kind, self.layout, self.rows, self.group, self.js = kind, layout, rows, group, None
+
+    def choices(self, chosen_global: int | None, global_score: list[float] | None) -> list[int]:
+        """Decide once for the whole batch (per tensor, or record the global choice)."""
+        if self.js is None:
+            group, L = self.group, self.layout
+            if group["mode"] == "global":
+                record_global(L, chosen_global, global_score)
+                self.js = [chosen_global] * L.t
+            else:
+                L.flush()  # the mode may have been global until this step
+                self.js = decide_all(L, self.rows, group["score_ema"], group["hysteresis"])
+        return self.js
+
+
+class Part:
+    """One request's share of a batch: its score rows (``rows``, as the reference's per-tensor scores) and its
+    step."""
+
+    __slots__ = ("batch", "request", "lo", "rows")
+
+    def __init__(self, batch: Batch, request: Request, lo: int) -> None:
+        self.batch, self.request, self.lo = batch, request, lo
+        self.rows = batch.rows[lo:lo + len(request.ps)]
 
     def finish(self, opt: Any, chosen_global: int | None, global_score: list[float] | None) -> None:
-        """Decide (per tensor, or record the global choice) and step."""
-        group, L = self.group, self.layout
-        if group["mode"] == "global":
-            record_global(L, chosen_global, global_score)
-            js = [chosen_global] * L.t
-        else:
-            L.flush()  # the mode may have been global until this step
-            js = decide_all(L, self.rows, group["score_ema"], group["hysteresis"])
-        apply(opt, self.kind, L, group, self.ps, self.gs, self.sts, self.c, js, group["mode"] == "global")
+        b, r, lo = self.batch, self.request, self.lo
+        js = b.choices(chosen_global, global_score)[lo:lo + len(r.ps)]
+        apply(opt, b.kind, b.layout, r.group, r.ps, r.gs, r.sts, r.c, js, r.group["mode"] == "global", lo)
+
+
+def run_batch(cache: dict[tuple, Layout], requests: list[Request], prefetched: dict[int, list[Tensor]]
+              ) -> list[Part] | None:
+    """The first pass of compatible requests on one layout; ``None`` if they cannot run flat."""
+    r0 = requests[0]
+    if len(requests) == 1:
+        ps, gs, sts = r0.ps, r0.gs, r0.sts
+    else:
+        ps = [p for r in requests for p in r.ps]
+        gs = [g for r in requests for g in r.gs]
+        sts = [st for r in requests for st in r.sts]
+    layout = layout_for(cache, r0.kind, ps, sts, len(r0.cands))
+    if layout is None:
+        return None
+    copied = prefetched.pop(id(layout), None)
+    copied = copied is not None and len(copied) == len(gs) and all(map(operator.is_, copied, gs))
+    batch = Batch(r0.kind, layout, first_pass(r0.kind, layout, r0.group, gs, r0.c, r0.cands, copied), r0.group)
+    parts, lo = [], 0
+    for r in requests:
+        parts.append(Part(batch, r, lo))
+        lo += len(r.ps)
+    return parts
