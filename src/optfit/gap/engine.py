@@ -167,7 +167,8 @@ class GapOptimizer(ElementwiseOptimizer):
         if not sums:
             return super()._finite_or_policy(work)
         grads = [torch.view_as_real(g) if g.is_complex() else g for *_, g in rest]
-        if all(map(math.isfinite, torch.stack(sums).tolist())) and F.first_nonfinite(grads) is None:
+        totals = [sums[0].item()] if len(sums) == 1 else torch.stack(sums).tolist()
+        if all(map(math.isfinite, totals)) and F.first_nonfinite(grads) is None:
             return True
         return super()._finite_or_policy(work)
 

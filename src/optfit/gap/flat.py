@@ -410,10 +410,12 @@ def run_batch(cache: dict[tuple, Layout], requests: list[Request], prefetched: d
         ps = [p for r in requests for p in r.ps]
         gs = [g for r in requests for g in r.gs]
         sts = [st for r in requests for st in r.sts]
-    layout = layout_for(cache, r0.kind, ps, sts, len(r0.cands))
-    if layout is None:
-        return None
-    copied = prefetched.pop(id(layout), None)
+    layout = cache.get(tuple(map(id, sts)))
+    copied = prefetched.pop(id(layout), None) if layout is not None else None
+    if copied is None:  # else the non-finite check found this layout valid for these states moments ago
+        layout = layout_for(cache, r0.kind, ps, sts, len(r0.cands))
+        if layout is None:
+            return None
     copied = copied is not None and len(copied) == len(gs) and all(map(operator.is_, copied, gs))
     batch = Batch(r0.kind, layout, first_pass(r0.kind, layout, r0.group, gs, r0.c, r0.cands, copied), r0.group)
     parts, lo = [], 0
