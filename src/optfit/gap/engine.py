@@ -28,10 +28,9 @@ Settled choices (each is tested in ``tests/gap``):
 ops per step whatever the tensor count), which "auto" uses wherever it applies. A further subclass that
 overrides the maths (``FLAT_MATHS``) falls back to "reference". Flat buckets of different param groups that
 share every number of the first pass (``flat.Request.merge_key``: e.g. a no-decay group beside a decay group)
-run as one batch on one layout. In global mode the flat path writes each
-tensor's copy of the global choice (``state[p]["gap_index"/"gap_score"/"gap_counts"]``) lazily: ``state_dict``,
-``selection``, ``gap_stats`` and pickling bring it up to date, a direct read of ``optimizer.state`` between
-steps may be behind.
+run as one batch on one layout. In global mode the flat path writes each tensor's copy of the global choice
+(``state[p]["gap_index"/"gap_score"/"gap_counts"]``) lazily: ``state_dict``, ``selection``, ``gap_stats`` and
+pickling bring it up to date, a direct read of ``optimizer.state`` between steps may be behind.
 """
 
 from __future__ import annotations
@@ -327,8 +326,7 @@ class GapOptimizer(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        old = self.__dict__.pop("_global_state", None)  # pickles from before the Python selector
-        self.__dict__.setdefault("_global", selector.Selector.from_state(old) if old else None)
+        self.__dict__.setdefault("_global", None)
         self.__dict__.setdefault("_flat_layouts", {})
         self.__dict__.setdefault("_prefetched", {})
 
