@@ -42,6 +42,23 @@ def test_demo_runs_the_smoke_showdown_and_writes_the_report(tmp_path, capsys):
     assert "trials to run" not in capsys.readouterr().err
 
 
+def test_demo_starts_afresh_when_the_code_changed(tmp_path, monkeypatch, capsys):
+    """Results of other code (its timings) are not resumed: the old database is set aside."""
+    import optfit.cli as cli
+    from optfit.bench import cli as bench_cli
+
+    seen = []
+    monkeypatch.setattr(bench_cli, "_cmd_run", lambda a: seen.append((tmp_path / "showdown.sqlite").exists()) or 0)
+    (tmp_path / "showdown.sqlite").write_bytes(b"results of other code")
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert seen == [False] and (tmp_path / "showdown.sqlite.old").read_bytes() == b"results of other code"
+    assert "code changed" in capsys.readouterr().err
+    assert (tmp_path / "code.sha256").read_text().strip() == cli.code_fingerprint()
+    (tmp_path / "showdown.sqlite").write_bytes(b"results of this code")
+    assert main(["demo", "--out", str(tmp_path)]) == 0  # same code: resumed
+    assert seen == [False, True] and "code changed" not in capsys.readouterr().err
+
+
 def test_bench_errors_name_the_argument(tmp_path, capsys):
     assert main(["bench", "run", "--suite", "nope"]) == 2
     assert "--suite" in capsys.readouterr().err

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+from pathlib import Path
 
 from .registry import list_optimizers, markdown_table, optimizer_info
 
@@ -30,10 +32,37 @@ def _cmd_list(args: argparse.Namespace) -> int:
 DEMO_OPTIMIZERS = ("adamw-tuned", "adamw", "nadamw", "lion", "sgd", "gap-adamw", "gap-sgd", "muon", "adabelief")
 
 
+def code_fingerprint() -> str:
+    """sha256 over the package's Python sources (paths and contents): changes whenever optfit's code does."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _fresh_if_code_changed(out: str) -> None:
+    """The demo resumes its database, unless optfit's code changed since it was written: then its results
+    (timings above all) describe other code, and the database is set aside as ``showdown.sqlite.old``."""
+    folder = Path(out)
+    db, stamp = folder / "showdown.sqlite", folder / "code.sha256"
+    current = code_fingerprint()
+    if db.exists() and (not stamp.exists() or stamp.read_text().strip() != current):
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(f"{db}{suffix}")
+            if old.exists():
+                old.replace(f"{db}.old{suffix}")
+        print(f"demo: optfit's code changed since {db} was written; starting afresh (the old one is "
+              f"{db}.old)", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(current + "\n")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the smoke showdown (``optfit bench run --suite smoke``) with the demo's optimizers."""
     from .bench import cli as bench_cli
 
+    _fresh_if_code_changed(args.out)
     names = args.optimizers or ",".join(n for n in DEMO_OPTIMIZERS if n == "adamw-tuned" or n in list_optimizers())
     run_args = argparse.Namespace(suite="smoke", workloads="", workload=None, db=f"{args.out}/showdown.sqlite",
                                   workers=args.workers, optimizers=names, protocol="self", hparams="",
