@@ -165,9 +165,8 @@ class GapOptimizer(ElementwiseOptimizer):
             i += layout.t
         if not sums:
             return super()._finite_or_policy(work)
-        grads = [torch.view_as_real(g) if g.is_complex() else g for *_, g in rest]
         totals = [sums[0].item()] if len(sums) == 1 else torch.stack(sums).tolist()
-        if all(map(math.isfinite, totals)) and F.first_nonfinite(grads) is None:
+        if all(map(math.isfinite, totals)) and F.first_nonfinite(self._real_grads(rest)) is None:
             return True
         return super()._finite_or_policy(work)
 

@@ -102,16 +102,15 @@ class Layout:
         self.counts = torch.stack([st["gap_counts"].to(cpu) for st in sts]).to(torch.int64)
         self.count_base = torch.arange(self.t) * k  # row offsets into counts.view(-1)
         self.ones = torch.ones(self.t, dtype=torch.int64)
-        # per tensor (rows in buffer order): K dot products and one more number (Adam's mean(1/d), ⟨g, g⟩)
-        self.stats = torch.zeros((self.t, k + 1), **like)
-        self.raw_out = [self.stats[r, :k] for r in self.pos]
-        self.extra_out = [self.stats[r, k] for r in self.pos]
-
         seg = [slice(a, b) for a, b in self.segments]
         self.g_views = [self.g[s].view(shape) for s, shape in zip(seg, self.shapes)]
         self.g_all = self.g.expand(k, n)
-        self.g_1d = [self.g[s] for s in seg]
-        self.m_2d = [self.m[:, s] for s in seg]
+        if kind == "sgd":  # per tensor (rows in buffer order): K dot products ⟨g, b_j⟩, then ⟨g, g⟩
+            self.stats = torch.zeros((self.t, k + 1), **like)
+            self.raw_out = [self.stats[r, :k] for r in self.pos]
+            self.extra_out = [self.stats[r, k] for r in self.pos]
+            self.g_1d = [self.g[s] for s in seg]
+            self.m_2d = [self.m[:, s] for s in seg]
         self.m_rows = [[self.m[j, s].view(shape) for s, shape in zip(seg, self.shapes)] for j in range(k)]
         views: list[dict[str, Tensor]] = []
         for i, (s, shape) in enumerate(zip(seg, self.shapes)):

@@ -206,20 +206,25 @@ class ElementwiseOptimizer(Optimizer):
             work.append((group, items))
         return work
 
+    @staticmethod
+    def _real_grads(items: list) -> list[Tensor]:
+        """The gradients of (index, param, grad) items, complex ones as real views (for the finiteness check)."""
+        return [torch.view_as_real(g) if g.is_complex() else g for *_, g in items]
+
     def _finite_or_policy(self, work: list) -> bool:
         """Apply the ``nonfinite`` policy before anything is modified; ``False`` means skip this step."""
         checked = [(g, it) for g, it in work if g["nonfinite"] != "ignore" and it]
         if not checked:
             return True
         flat = [it for _, items in checked for it in items]
-        grads = [torch.view_as_real(g) if g.is_complex() else g for _, _, g in flat]
+        grads = self._real_grads(flat)
         bad = F.first_nonfinite(grads)
         if bad is None:
             return True
         policies = {g["nonfinite"] for g, _ in checked}
         if "raise" in policies:
             raise_items = [it for g, items in checked if g["nonfinite"] == "raise" for it in items]
-            bad_raise = F.first_nonfinite([torch.view_as_real(g) if g.is_complex() else g for _, _, g in raise_items])
+            bad_raise = F.first_nonfinite(self._real_grads(raise_items))
             if bad_raise is not None:
                 index, p, _ = raise_items[bad_raise]
                 raise FloatingPointError(f"non-finite gradient in {self._describe(index, p)}; no parameter or state "
