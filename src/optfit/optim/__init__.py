@@ -12,13 +12,16 @@ from .sgd import SGD
 # one module per family; each exports exactly what its __all__ names
 from .adabelief import *  # noqa: F401,F403
 from .adabound import *  # noqa: F401,F403
+from .adadagrad import *  # noqa: F401,F403
 from .adafactor import *  # noqa: F401,F403
 from .adafisher import *  # noqa: F401,F403
 from .adagrad import *  # noqa: F401,F403
 from .adahessian import *  # noqa: F401,F403
 from .adamuon import *  # noqa: F401,F403
 from .ademamix import *  # noqa: F401,F403
+from .dadapt import *  # noqa: F401,F403
 from .dash import *  # noqa: F401,F403
+from .dog import *  # noqa: F401,F403
 from .exadam import *  # noqa: F401,F403
 from .fosi import *  # noqa: F401,F403
 from .grad_avg import *  # noqa: F401,F403
@@ -27,10 +30,12 @@ from .lion import *  # noqa: F401,F403
 from .muon import *  # noqa: F401,F403
 from .nadam import *  # noqa: F401,F403
 from .newton_schulz import *  # noqa: F401,F403
+from .prodigy import *  # noqa: F401,F403
 from .radam import *  # noqa: F401,F403
 from .rmsprop import *  # noqa: F401,F403
 from .roaree import *  # noqa: F401,F403
 from .root import *  # noqa: F401,F403
 from .sania import *  # noqa: F401,F403
+from .schedule_free import *  # noqa: F401,F403
 from .shampoo import *  # noqa: F401,F403
 from .soap import *  # noqa: F401,F403
