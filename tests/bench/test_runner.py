@@ -321,3 +321,38 @@ def test_the_graph_is_built_only_for_steps_that_need_it(monkeypatch):
     GraphEveryOther.steps = 0
     assert run_trial(spec(), warmup_steps=0).status == "done"
     assert NeedsGraph.seen[:6] == [True, False, True, False, True, False]
+
+
+def test_evaluation_switches_optimizers_with_eval_weights_and_back():
+    """Schedule-Free keeps y in the parameters while training; the runner evaluates the average x and restores y,
+    even when the evaluation raises."""
+    wl = TinyRegression()
+    wl.prepare()
+    model = wl.build_model(0)
+    calls = []
+
+    class EvalWeights(torch.optim.SGD):
+        def eval(self):
+            calls.append("eval")
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(2.0)
+
+        def train(self):
+            calls.append("train")
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.div_(2.0)
+
+    opt = EvalWeights(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    shifted = runner._evaluate(wl, model, opt)
+    plain = runner._evaluate(wl, model)
+    assert calls == ["eval", "train"] and shifted != plain
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+    wl.evaluate = lambda m: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        runner._evaluate(wl, model, opt)
+    assert calls[-2:] == ["eval", "train"]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

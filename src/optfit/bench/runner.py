@@ -80,12 +80,24 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def _evaluate(workload: Workload, model: torch.nn.Module) -> dict[str, float]:
+def _evaluate(workload: Workload, model: torch.nn.Module,
+              optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+    """The workload's metrics; an optimizer with ``eval()``/``train()`` (Schedule-Free: the parameters hold the
+    interpolated point y while training, the average x is what is evaluated) is switched to evaluation weights and
+    back around it."""
     was_training = model.training
+    swap = optimizer is not None and callable(getattr(optimizer, "eval", None)) \
+        and callable(getattr(optimizer, "train", None))
+    if swap:
+        optimizer.eval()
     model.eval()
-    with torch.no_grad():
-        metrics = {k: float(v) for k, v in workload.evaluate(model).items()}
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in workload.evaluate(model).items()}
+    finally:
+        model.train(was_training)
+        if swap:
+            optimizer.train()
     if workload.metric not in metrics:
         raise KeyError(f"workload {workload.name or type(workload).__name__}.evaluate() returned "
                        f"{sorted(metrics)}, without its metric {workload.metric!r}")
@@ -203,7 +215,7 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         selection: list[list[Any]] = []
 
         def evaluate(step: int, window: list[float]) -> bool:
-            metrics = _evaluate(workload, model)
+            metrics = _evaluate(workload, model, optimizer)
             if window:
                 metrics["train_loss"] = sum(window) / len(window)
             point = CurvePoint(step, clock["wall"], clock["cpu"], metrics)
