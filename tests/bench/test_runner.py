@@ -44,6 +44,32 @@ def test_warmup_cosine_hand_values():
     assert schedules.multiplier(None, 10)(7) == 1.0 == schedules.multiplier({"kind": "constant"}, 10)(3)
 
 
+def test_warmup_linear_and_wsd_hand_values():
+    m = schedules.multiplier({"kind": "warmup_linear", "warmup": 0.2}, step_hint=10)  # W = 2, H = 10
+    assert [m(t) for t in (0, 1, 2, 6, 10, 12)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0, 0.0])
+    m = schedules.multiplier({"kind": "wsd", "warmup_steps": 2, "decay_fraction": 0.4, "decay_shape": "linear",
+                              "final": 0.1}, step_hint=10)  # stable to step 5, then 4 steps down to 0.1
+    assert [m(t) for t in (0, 1, 5, 6, 8, 10)] == pytest.approx([0.5, 1.0, 1.0, 1.0, 0.55, 0.1])
+    m = schedules.multiplier({"kind": "wsd"}, step_hint=100)  # defaults: 20 % decay, 1 − √s
+    assert [m(t) for t in (0, 79, 80, 85, 100)] == pytest.approx([1.0, 1.0, 1.0, 1 - 0.25 ** 0.5, 0.0])
+
+
+@pytest.mark.parametrize("schedule, cls", [({"kind": "warmup_cosine"}, "WarmupCosine"),
+                                           ({"kind": "warmup_linear", "warmup": 0.1}, "WarmupLinear"),
+                                           ({"kind": "wsd", "decay_shape": "cosine"}, "WSD")])
+def test_attach_builds_the_optfit_scheduler(schedule, cls):
+    import optfit.schedules
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = schedules.attach(opt, schedule, step_hint=20)
+    assert type(sched) is getattr(optfit.schedules, cls)
+    m = schedules.multiplier(schedule, step_hint=20)
+    for t in range(22):
+        assert opt.param_groups[0]["lr"] == 2.0 * m(t)
+        opt.step()
+        sched.step()
+
+
 def test_schedule_drives_the_optimizer_lr():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=2.0)
@@ -61,7 +87,10 @@ def test_schedule_drives_the_optimizer_lr():
                                         ({"kind": "warmup_cosine", "warmup": 1.5}, "warmup"),
                                         ({"kind": "warmup_cosine", "warmup": 0.1, "warmup_steps": 3}, "not both"),
                                         ({"kind": "constant", "warmup": 0.1}, "does not take warmup"),
-                                        ({"kind": "warmup_cosine", "warmup_steps": 10}, "warmup_steps")])
+                                        ({"kind": "warmup_cosine", "warmup_steps": 10}, "warmup_steps"),
+                                        ({"kind": "wsd", "decay_shape": "step"}, "decay_shape"),
+                                        ({"kind": "wsd", "decay": 0.1}, "does not take decay"),
+                                        ({"kind": "warmup_linear", "final": 2.0}, "final")])
 def test_schedule_errors_name_the_argument(bad, match):
     with pytest.raises(ValueError, match=match):
         schedules.multiplier(bad, step_hint=10)
