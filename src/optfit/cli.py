@@ -29,7 +29,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_OPTIMIZERS = ("adamw-tuned", "adamw", "nadamw", "lion", "sgd", "gap-adamw", "gap-sgd", "muon", "adabelief")
+DEMO_OPTIMIZERS = ("adamw-tuned", "adamw", "schedule-free-adamw", "prodigy", "dadapt-adam", "dog", "nadamw", "lion", "sgd",
+                   "gap-adamw", "gap-sgd", "muon")
 
 
 def code_fingerprint() -> str:

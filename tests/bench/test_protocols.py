@@ -146,3 +146,16 @@ def test_external_tuning_times_breaks_ties_by_trial_index_and_checks_measure():
 
 def test_default_space_is_documented():
     assert set(protocols.ADAMW_SPACE) == {"lr", "beta1", "beta2", "weight_decay", "warmup"}
+
+
+def test_showdown_runs_schedule_free_methods_without_the_decay_schedule():
+    """Self-tuning: Schedule-Free and DoG replace the schedule, so they run at a constant multiplier; every other
+    optimizer (Prodigy and D-Adaptation included) gets the showdown's warmup + cosine. Order stays workload-major."""
+    from optfit.bench.showdown import SCHEDULE, SELF_CONSTANT, build_specs
+
+    names = ["adamw", "schedule-free-adamw", "prodigy", "dog"]
+    specs = build_specs(["w10-digits", "w9-noisy-quadratic"], names, "self", 2)
+    assert [s.workload for s in specs] == ["w10-digits"] * 8 + ["w9-noisy-quadratic"] * 8
+    for s in specs:
+        assert s.schedule == (None if s.optimizer in SELF_CONSTANT else SCHEDULE), s.optimizer
+    assert {s.optimizer for s in specs if s.schedule is None} == {"schedule-free-adamw", "dog"}

@@ -5,8 +5,9 @@ baseline: AdamW with the hyperparameters that the external-tuning protocol found
 versioned, with the command that produced it, written by ``optfit bench tune``), rerun with the seeds.
 
 - ``self`` (self-tuning): one run per seed with the same settings on every workload — the registry defaults,
-  or ``SELF_SETTINGS`` where a default lr is not meant for training from scratch — and warmup + cosine.
-  Gap optimizers are judged this way.
+  or ``SELF_SETTINGS`` where a default lr is not meant for training from scratch — and warmup + cosine, except
+  for the optimizers in ``SELF_CONSTANT`` whose method replaces the schedule (Schedule-Free, DoG), which run
+  without one. Gap and learning-rate-free optimizers are judged this way.
 - ``external``: run the external-tuning protocol itself (5 trials × 3 studies per workload).
 - ``fixed``: the given hyperparameters (``--hparams``) for every workload.
 """
@@ -33,6 +34,10 @@ SELF_SETTINGS: dict[str, dict[str, Any]] = {
     "lion": {"lr": 3e-4, "weight_decay": 0.1},
     "clion": {"lr": 3e-4, "weight_decay": 0.1},
 }
+# learning-rate-free methods designed to run without a decay schedule: Schedule-Free replaces it by iterate
+# interpolation/averaging (arXiv 2405.15682), DoG sets its own step from the distance travelled (arXiv
+# 2302.12022). Prodigy and D-Adaptation keep the showdown's schedule, as their authors pair them with cosine decay.
+SELF_CONSTANT = frozenset({"schedule-free-sgd", "schedule-free-adamw", "schedule-free-radam", "dog", "ldog"})
 TUNED_PATH = Path(__file__).with_name("tuned.json")
 
 
@@ -96,9 +101,13 @@ def build_specs(workloads: Sequence[str], optimizers: Sequence[str], protocol: s
     if protocol == "fixed":
         return specs + protocols.fixed(workloads, plain, {o: dict(hparams or {}) for o in plain}, seed_list,
                                        schedule=SCHEDULE)
-    settings = {o: SELF_SETTINGS.get(optimizer_info(o).name, {}) for o in plain}
-    return specs + protocols.self_tuning(workloads, plain, seed_list, hparams_by_optimizer=settings,
-                                         schedule=SCHEDULE) if plain else specs
+    own: list[TrialSpec] = []
+    for o in plain:
+        name = optimizer_info(o).name
+        own += protocols.self_tuning(workloads, [o], seed_list, hparams_by_optimizer={o: SELF_SETTINGS.get(name, {})},
+                                     schedule=None if name in SELF_CONSTANT else SCHEDULE)
+    order = {w: i for i, w in enumerate(workloads)}
+    return specs + sorted(own, key=lambda sp: order[sp.workload])  # workload-major, as one self_tuning call gives
 
 
 def workloads_meta(names: Iterable[str]) -> dict[str, dict[str, Any]]:
