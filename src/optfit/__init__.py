@@ -1,9 +1,9 @@
 """optfit: fit the optimizer to the task."""
 
-from . import gap, learned, optim, schedules
+from . import batch, gap, learned, optim, schedules
 from .factory import create_optimizer
 from .params import split_params
 from .registry import OptimizerInfo, list_optimizers, optimizer_info
 
 __version__ = "0.1.0"
-__all__ = ["gap", "learned", "optim", "schedules", "create_optimizer", "split_params", "list_optimizers", "optimizer_info", "OptimizerInfo", "__version__"]
+__all__ = ["batch", "gap", "learned", "optim", "schedules", "create_optimizer", "split_params", "list_optimizers", "optimizer_info", "OptimizerInfo", "__version__"]
