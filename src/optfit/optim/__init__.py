@@ -18,7 +18,9 @@ from .adafisher import *  # noqa: F401,F403
 from .adagrad import *  # noqa: F401,F403
 from .adahessian import *  # noqa: F401,F403
 from .adamuon import *  # noqa: F401,F403
+from .adan import *  # noqa: F401,F403
 from .ademamix import *  # noqa: F401,F403
+from .came import *  # noqa: F401,F403
 from .dadapt import *  # noqa: F401,F403
 from .dash import *  # noqa: F401,F403
 from .dog import *  # noqa: F401,F403
@@ -26,7 +28,9 @@ from .exadam import *  # noqa: F401,F403
 from .fosi import *  # noqa: F401,F403
 from .grad_avg import *  # noqa: F401,F403
 from .gravity import *  # noqa: F401,F403
+from .lamb import *  # noqa: F401,F403
 from .lion import *  # noqa: F401,F403
+from .lookahead import *  # noqa: F401,F403
 from .muon import *  # noqa: F401,F403
 from .nadam import *  # noqa: F401,F403
 from .newton_schulz import *  # noqa: F401,F403
@@ -35,7 +39,9 @@ from .radam import *  # noqa: F401,F403
 from .rmsprop import *  # noqa: F401,F403
 from .roaree import *  # noqa: F401,F403
 from .root import *  # noqa: F401,F403
+from .sam import *  # noqa: F401,F403
 from .sania import *  # noqa: F401,F403
 from .schedule_free import *  # noqa: F401,F403
 from .shampoo import *  # noqa: F401,F403
 from .soap import *  # noqa: F401,F403
+from .sophia import *  # noqa: F401,F403
