@@ -10,38 +10,7 @@ import torch
 
 from optfit.optim import DAdaptAdam, DAdaptSGD
 
-SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
-
-
-def trajectory(make, groups_spec, steps: int = 60, noise: float = 0.3, zero_init: bool = False):
-    """Run ``make(param_groups)`` on a smooth convex objective (weighted quadratic + log-cosh) with a seeded noise
-    stream added to ∇f; return every step's parameters and d."""
-    gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(s, generator=gen, dtype=torch.float64) * (0 if zero_init else 1) for s in SHAPES]
-    target = [2 * torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    curv = [0.5 + 4 * torch.rand(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    params = [x.clone().requires_grad_() for x in init]
-    opt = make([{"params": [params[i] for i in idx], **hp} for idx, hp in groups_spec])
-    noise_gen = torch.Generator().manual_seed(123)
-    out = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(0.5 * (c * (p - t) ** 2).sum() + torch.log(torch.cosh(p - t)).sum()
-                   for p, t, c in zip(params, target, curv))
-        loss.backward()
-        for p in params:
-            p.grad.add_(torch.randn(p.shape, generator=noise_gen, dtype=p.dtype), alpha=noise)
-        opt.step()
-        out.append(([p.detach().clone() for p in params], opt.param_groups[0]["d"]))
-    return out
-
-
-def assert_same_trajectory(ours, theirs, tol):
-    for step, ((pa, da), (pb, db)) in enumerate(zip(ours, theirs)):
-        for a, b in zip(pa, pb):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"step {step}: {m}")
-        assert da == pytest.approx(db, rel=tol), f"step {step}: d {da} vs {db}"
-
+from .distance_trajectories import assert_same_trajectory, trajectory
 
 ONE_GROUP = [([0, 1, 2, 3], {})]
 
@@ -77,8 +46,8 @@ def test_adam_matches_dadaptation_step_by_step_in_float64(case):
 def test_sgd_matches_dadaptation_step_by_step_in_float64(case):
     dadaptation = pytest.importorskip("dadaptation")
     groups, hp, zero_init = SGD_PARITY[case]
-    ours = trajectory(lambda g: DAdaptSGD(g, **hp), groups, zero_init=zero_init)
-    theirs = trajectory(lambda g: dadaptation.DAdaptSGD(g, **hp), groups, zero_init=zero_init)
+    ours = trajectory(lambda g: DAdaptSGD(g, **hp), groups, zero="all" if zero_init else "none")
+    theirs = trajectory(lambda g: dadaptation.DAdaptSGD(g, **hp), groups, zero="all" if zero_init else "none")
     assert_same_trajectory(ours, theirs, 1e-10)
     assert ours[-1][1] > 1e3 * ours[0][1]
 

@@ -10,47 +10,7 @@ import torch
 
 from optfit.optim import Prodigy
 
-SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
-
-
-def _problem(seed: int = 0, zero_last: bool = True):
-    """Initial points, targets and curvatures of a smooth convex objective (weighted quadratic + log-cosh); the last
-    tensor starts at zero (the package then keeps x₀ as a 0-d zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    if zero_last:
-        init[-1].zero_()
-    target = [2 * torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    curv = [0.5 + 4 * torch.rand(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    return init, target, curv
-
-
-def trajectory(make, groups_spec, steps: int = 60, noise: float = 0.3):
-    """Run ``make(param_groups)`` on the objective, feeding ∇f plus a seeded noise stream (so the gradients never
-    vanish); return every step's parameters and d."""
-    init, target, curv = _problem()
-    params = [x.clone().requires_grad_() for x in init]
-    opt = make([{"params": [params[i] for i in idx], **hp} for idx, hp in groups_spec])
-    gen = torch.Generator().manual_seed(123)
-    out = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(0.5 * (c * (p - t) ** 2).sum() + torch.log(torch.cosh(p - t)).sum()
-                   for p, t, c in zip(params, target, curv))
-        loss.backward()
-        for p in params:
-            p.grad.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype), alpha=noise)
-        opt.step()
-        out.append(([p.detach().clone() for p in params], opt.param_groups[0]["d"]))
-    return out
-
-
-def assert_same_trajectory(ours, theirs, tol):
-    for step, ((pa, da), (pb, db)) in enumerate(zip(ours, theirs)):
-        for a, b in zip(pa, pb):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"step {step}: {m}")
-        assert da == pytest.approx(db, rel=tol), f"step {step}: d {da} vs {db}"
-
+from .distance_trajectories import assert_same_trajectory, trajectory
 
 ONE_GROUP = [([0, 1, 2, 3], {})]
 # two active groups with their own weight decay, and a frozen one (lr = 0: the package's only other lr)
@@ -78,8 +38,8 @@ def test_matches_prodigyopt_step_by_step_in_float64(case):
     that last-bit difference to ~3e-10; with the package's rounding of the decay the runs agree to ~1e-12."""
     prodigyopt = pytest.importorskip("prodigyopt")
     groups, hp, tol = PARITY[case]
-    ours = trajectory(lambda g: Prodigy(g, **hp), groups)
-    theirs = trajectory(lambda g: prodigyopt.Prodigy(g, **hp), groups)
+    ours = trajectory(lambda g: Prodigy(g, **hp), groups, zero="last")
+    theirs = trajectory(lambda g: prodigyopt.Prodigy(g, **hp), groups, zero="last")
     assert_same_trajectory(ours, theirs, tol)
     assert ours[-1][1] > 1e3 * ours[0][1]  # d really adapted (from d0 = 1e-6)
 
@@ -159,7 +119,7 @@ def test_epsilon_term_is_the_papers(betas):
 @pytest.mark.parametrize("case", list(PARITY))
 def test_d_never_decreases(case):
     groups, hp, _ = PARITY[case]
-    ds = [d for _, d in trajectory(lambda g: Prodigy(g, **hp), groups, steps=80, noise=1.0)]
+    ds = [d for _, d in trajectory(lambda g: Prodigy(g, **hp), groups, steps=80, noise=1.0, zero="last")]
     assert all(b >= a for a, b in zip(ds, ds[1:]))
 
 
@@ -185,8 +145,8 @@ def test_d_tracks_the_distance_to_the_optimum_on_a_1d_quadratic():
                                 {"slice_p": 2, "use_bias_correction": True}])
 def test_foreach_matches_reference(hp):
     groups = [([0, 1], {}), ([2, 3], {"lr": 0.5, "eps": 1e-6})]
-    ref = trajectory(lambda g: Prodigy(g, impl="reference", **hp), groups, steps=30)
-    fast = trajectory(lambda g: Prodigy(g, impl="foreach", **hp), groups, steps=30)
+    ref = trajectory(lambda g: Prodigy(g, impl="reference", **hp), groups, steps=30, zero="last")
+    fast = trajectory(lambda g: Prodigy(g, impl="foreach", **hp), groups, steps=30, zero="last")
     assert_same_trajectory(fast, ref, 1e-12)
 
 

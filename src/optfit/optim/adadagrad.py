@@ -32,18 +32,19 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
+from .adagrad import Adagrad
 
 __all__ = ["AdAdaGrad", "AdAdaGradNorm"]
 
 
-class AdAdaGrad(ElementwiseOptimizer):
-    """AdaGrad as used by AdAdaGrad: per-coordinate ``v = b₀² + Σg²``, ``θ ← θ − α g/(√v + ε)``."""
-
-    default_decay_mode = "coupled"
+class AdAdaGrad(Adagrad):
+    """AdaGrad as used by AdAdaGrad: per-coordinate ``v = b₀² + Σg²``, ``θ ← θ − α g/(√v + ε)`` — optfit's
+    ``Adagrad`` kernel (lr_decay fixed at 0), parametrised by the paper's b₀ instead of ``initial_accumulator_value``."""
 
     def __init__(self, params: Any, lr: float = 1e-2, b0: float = 0.0, eps: float = 1e-10,
                  weight_decay: float = 0.0, **options: Any) -> None:
-        super().__init__(params, dict(lr=lr, b0=b0, eps=eps, weight_decay=weight_decay), **options)
+        ElementwiseOptimizer.__init__(self, params, dict(lr=lr, b0=b0, eps=eps, weight_decay=weight_decay,
+                                                         lr_decay=0.0), **options)
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:
@@ -54,30 +55,8 @@ class AdAdaGrad(ElementwiseOptimizer):
         if group["b0"] == 0 and group["eps"] == 0:
             raise ValueError("Invalid b0 and eps: both 0 (a coordinate whose gradients are all 0 would divide 0 by 0)")
 
-    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("sum",)
-
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["sum"] = torch.full_like(p, group["b0"] ** 2, memory_format=torch.preserve_format)
-
-    def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
-        return {"lr": group["lr"], "eps": group["eps"]}
-
-    @staticmethod
-    def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
-        v = st["sum"]
-        v.add_(g * g)
-        return c["lr"] * g / (v.sqrt() + c["eps"])
-
-    @staticmethod
-    def _update_foreach(ps, gs, st, c, flags):
-        v = st["sum"]
-        torch._foreach_add_(v, torch._foreach_mul(gs, gs))  # the reference's rounding: g² first, then the sum
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, c["eps"])
-        steps = torch._foreach_mul(gs, c["lr"])
-        torch._foreach_div_(steps, denom)
-        return steps
 
 
 class AdAdaGradNorm(ElementwiseOptimizer):
