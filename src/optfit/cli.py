@@ -1,10 +1,15 @@
 """Command line: ``optfit list`` (the registry table), ``optfit demo`` (the smoke showdown), ``optfit data …``
-(offline datasets) and ``optfit bench …`` (the showdown)."""
+(offline datasets) and ``optfit bench …`` (the showdown).
+
+Errors of input (unknown names, with close matches; bad flags; unusable files) are one line on stderr and exit
+status 2; Ctrl-C stops cleanly with status 130 (a run's finished trials are kept, a rerun resumes); a closed
+output pipe (``optfit list | head``) ends quietly."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +19,11 @@ from .registry import list_optimizers, markdown_table, optimizer_info
 def _cmd_list(args: argparse.Namespace) -> int:
     names = list_optimizers(args.pattern)
     if not names:
-        print(f"no optimizer matches {args.pattern!r}; optfit list shows all", file=sys.stderr)
+        from .bench.names import close_matches
+
+        close = close_matches(args.pattern, list_optimizers()) if not set("*?[") & set(args.pattern) else []
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        print(f"no optimizer matches {args.pattern!r}{hint}; optfit list shows all", file=sys.stderr)
         return 2
     if args.markdown:
         print(markdown_table())
@@ -67,13 +76,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     names = args.optimizers or ",".join(n for n in DEMO_OPTIMIZERS if n == "adamw-tuned" or n in list_optimizers())
     run_args = argparse.Namespace(suite="smoke", workloads="", workload=None, db=f"{args.out}/showdown.sqlite",
                                   workers=args.workers, optimizers=names, protocol="self", hparams="",
-                                  seeds=args.seeds, experiment="demo", out=args.out, quiet=False,
-                                  argv=getattr(args, "argv", None))
+                                  seeds=args.seeds, experiment="demo", out=args.out, quiet=False, join=False,
+                                  argv=getattr(args, "argv", None), bench_command="run")
     return bench_cli._cmd_run(run_args)
 
 
+def _with_formatter(parser: argparse.ArgumentParser, formatter: type[argparse.HelpFormatter]) -> None:
+    """Give ``parser`` and all its subcommands' parsers the help formatter (defaults shown everywhere)."""
+    parser.formatter_class = formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_formatter(child, formatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .bench.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(prog="optfit", description="Fit the optimizer to the task.")
+    parser.add_argument("--version", action="version", version=f"optfit {__version__}",
+                        help="print optfit's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="list the registered optimizers")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'adam*'")
@@ -84,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="the smoke showdown: several optimizers incl. tuned AdamW and gap-adamw on "
                                          "the smoke suite; prints the leaderboard, writes the HTML report")
     p_demo.add_argument("--optimizers", default="", help="comma-separated registry names (and adamw-tuned)")
-    p_demo.add_argument("--seeds", type=int, default=1)
+    p_demo.add_argument("--seeds", type=int, default=1, help="seeds per workload and optimizer")
     p_demo.add_argument("--workers", type=int, default=None, help="trial processes (default: one per CPU)")
     p_demo.add_argument("--out", default="out/demo", help="folder for report.html and the results database")
     p_demo.set_defaults(func=_cmd_demo)
@@ -95,21 +118,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_cli(sub)
     from .learned import cli as learned_cli
     learned_cli.add_cli(sub)
+    _with_formatter(parser, HelpFormatter)
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``| head``): no traceback, and nothing more to flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor behind sys.stdout
+        pass
+    return 141  # 128 + SIGPIPE, as a process killed by the signal would report
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
     args.argv = list(argv) if argv is not None else None  # recorded as the command that produced results
     from .bench.storage import ResultsDBError
     from .bench.workload import DataMissing
 
+    name = args.command + (f" {args.bench_command}" if getattr(args, "bench_command", None) else "")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except (ValueError, KeyError, ResultsDBError, DataMissing) as exc:  # bad input: one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"optfit {args.command}: {message}", file=sys.stderr)
+        print(f"optfit {name}: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        runs = name in ("demo", "bench run", "bench tune", "bench targets")
+        print(f"\noptfit {name}: interrupted" + ("; finished trials are kept in the results database, and rerunning "
+                                                 "the same command resumes" if runs else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,3 +93,23 @@ class Missing(TinyRegression):
 class NoMetric(TinyRegression):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return {"accuracy": 0.5}
+
+
+class VerySlow(TinyRegression):
+    """A trial of about 6 s (600 steps sleeping 10 ms): long enough to be caught mid-trial by a signal."""
+
+    name = "very-slow"
+    max_steps = 600
+    step_hint = 600
+    eval_every = 100
+
+    def loss(self, model: nn.Module, batch: tuple[int, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        time.sleep(0.01)
+        return super().loss(model, batch)
+
+
+class NeedsMnist(TinyRegression):
+    """Declares the ``mnist`` dataset of ``optfit data prepare`` (checked by ``check_data`` before a run)."""
+
+    name = "needs-mnist"
+    datasets = ("mnist",)

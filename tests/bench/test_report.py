@@ -4,6 +4,7 @@ escaped, and robust to failed/diverged trials, missing targets, a missing baseli
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import sys
 from html.parser import HTMLParser
@@ -160,3 +161,88 @@ def test_crowded_report_renders(tmp_path):
     path = write_report(results, META, tmp_path, baseline="opt-00")
     text = path.read_text()
     assert text.count("data:image/png;base64,") >= 4
+
+
+# -- what the report says about the run -----------------------------------------------------------------------
+
+def test_header_names_the_experiment_and_counts_the_seeds(tmp_path):
+    from optfit.bench.report import seeds_text
+
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "sgd", 0, rate=0.01)]
+    text = write_report(res, {"quad": META["quad"]}, tmp_path, experiment="lr-sweep-7").read_text()
+    header = text[text.index("<header>"):text.index("</header>")]
+    assert "experiment <b>lr-sweep-7</b>" in header and "<title>optfit showdown: lr-sweep-7</title>" in text
+    assert "1 seed (0)" in header and "seeds 0" not in header
+    assert seeds_text([2, 0, 1]) == "3 seeds (0, 1, 2)" and seeds_text(range(10)) == "10 seeds (0–9)"
+
+
+def test_hyperparameters_are_shown_to_four_significant_digits(tmp_path):
+    from optfit.bench.report import format_hparams
+
+    hp = {"lr": 0.0031622776601683794, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.1234567, "nesterov": True}
+    assert format_hparams(hp) == ('{"betas": [0.9, 0.999], "eps": 1e-08, "lr": 0.003162, "nesterov": true, '
+                                  '"weight_decay": 0.1235}')
+    text = write_report([trial("quad", "adamw", 0, rate=0.02, hparams=hp)], {"quad": META["quad"]}, tmp_path).read_text()
+    assert "&quot;lr&quot;: 0.003162," in text and "0.0031622776601683794" not in text
+
+
+def test_workloads_are_shown_by_their_own_name(tmp_path):
+    key = "mypkg.tasks:Quad"
+    meta = {key: WorkloadMeta(key, target=0.1, max_steps=400, display="quad-task")}
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "sgd", 0, rate=0.03, status="diverged",
+                                                               diverge_at=100)]
+    for r in res:
+        r.spec.workload = key
+    text = write_report(res, meta, tmp_path).read_text()
+    assert "quad-task" in text and key not in text
+
+
+def _captured(monkeypatch, method: str) -> list[dict]:
+    from matplotlib.axes import Axes
+
+    calls, real = [], getattr(Axes, method)
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, method, spy)
+    return calls
+
+
+def test_a_candidate_keeps_its_colour_in_every_selection_figure(tmp_path, monkeypatch):
+    calls = _captured(monkeypatch, "stackplot")
+    low = [[t, [[0.5, 0.9]]] for t in range(0, 401, 50)]
+    high = [[t, [[0.9, 0.99]]] for t in range(0, 401, 50)]
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "gap-a", 0, rate=0.03, extras={"selection": low}),
+           trial("quad", "gap-b", 0, rate=0.03, extras={"selection": high})]
+    write_report(res, {"quad": META["quad"]}, tmp_path)
+    colours: dict[str, set] = {}
+    for call in calls:
+        for label, colour in zip(call["labels"], call["colors"]):
+            colours.setdefault(label, set()).add(colour)
+    assert set(colours) == {"candidate 0.5", "candidate 0.9", "candidate 0.99"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == 3
+
+
+def test_a_workload_keeps_its_colour_and_marker_across_figures(tmp_path, monkeypatch):
+    """The overhead figure has every workload, the learned-metrics one only those the baseline ran: a workload's
+    style must not depend on which others a figure has."""
+    calls = _captured(monkeypatch, "scatter")
+    res = [trial(w, "adamw-tuned", 0, rate=0.02) for w in ("lm", "quad")]
+    res += [trial(w, "sgd", 0, rate=0.01) for w in ("clf", "lm", "quad")]
+    write_report(res, META, tmp_path)
+    styles: dict[str, set] = {}
+    for call in calls:
+        styles.setdefault(call["label"], set()).add((call["color"], call["marker"]))
+    assert {"clf", "lm", "quad"} <= set(styles) and all(len(s) == 1 for s in styles.values()), styles
+
+
+def test_gradient_stats_that_are_not_available_say_why(tmp_path):
+    stats = [[20, {"noise_scale": math.nan, "rho": math.nan, "predicted_beta": math.nan,
+                   "reason": "needs 9 recorded gradients of a tensor for R(0..8) (lags=8); has 3"}]]
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "gap-adamw", 0, rate=0.03,
+                                                             extras={"gradient_stats": stats})]
+    text = write_report(res, {"quad": META["quad"]}, tmp_path).read_text()
+    assert "n/a: gap-adamw on quad: needs 9 recorded gradients of a tensor for R(0..8) (lags=8); has 3." in text

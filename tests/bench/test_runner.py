@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +23,8 @@ from optfit.bench import schedules
 from optfit.bench.protocols import fixed
 from optfit.bench.records import TrialSpec
 from optfit.bench.runner import run_experiment, run_trial
-from optfit.bench.storage import ResultsDB
+from optfit.bench.storage import ResultsDB, RunInProgress, _pid_alive
+from optfit.bench.workload import DataMissing
 from tests.bench.runner_workloads import TinyRegression
 
 MOD = "tests.bench.runner_workloads"
@@ -271,7 +274,9 @@ def test_run_experiment_in_worker_processes_isolates_crashes_and_resumes(tmp_pat
     assert by_workload["Crash"][0].status == "failed" and "died" in by_workload["Crash"][0].error
     assert by_workload["Boom"][0].status == "failed"
     err = capfd.readouterr().err
-    assert "[5/5]" in err and "target at step" in err
+    # tqdm's meter on every line when stderr is not a terminal: done/total, elapsed < remaining
+    assert re.search(r"^\[5/5 \d\d:\d\d<\d\d:\d\d\] ", err, re.M) and "target at step" in err
+    assert "tiny-regression sgd seed=0" in err  # the workload's own name, not its module path
     with ResultsDB(db) as d:
         before = {r["key"]: r["finished"] for r in d.trials("exp")}
         pids = {r["claimed_by"].split(":")[1] for r in d.trials("exp") if r["status"] == "done"}
@@ -385,3 +390,115 @@ def test_evaluation_switches_optimizers_with_eval_weights_and_back():
         runner._evaluate(wl, model, opt)
     assert calls[-2:] == ["eval", "train"]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+# -- workers die with their parent; one run per database -------------------------------------------------------
+
+WITH_WORKERS = """
+import sys
+from optfit.bench.protocols import fixed
+from optfit.bench.runner import run_experiment
+specs = fixed("tests.bench.runner_workloads:VerySlow", ["sgd"], {"sgd": {"lr": 0.1}}, seeds=6)
+run_experiment(specs, sys.argv[1], "exp", workers=2, progress=False, poll_s=0.1)
+"""
+
+
+def _wait_for(db: Path, predicate, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if db.exists():
+            with ResultsDB(db, check=False) as d:
+                if predicate(d):
+                    return
+    pytest.fail("the experiment did not get there in time")
+
+
+def test_kill_9_of_the_parent_takes_its_workers_down(tmp_path):
+    """The trials' worker processes die with the run (no orphans taking trials), their trials go back to the
+    queue, and the rerun is not refused as a second run."""
+    db = tmp_path / "r.db"
+    proc = subprocess.Popen([sys.executable, "-c", WITH_WORKERS, str(db)], cwd=ROOT, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        _wait_for(db, lambda d: d.counts("exp")["running"] == 2)
+        with ResultsDB(db) as d:
+            workers = [int(r["claimed_by"].split(":")[1]) for r in d.trials("exp", ["running"])]
+        assert proc.pid not in workers and len(set(workers)) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only, as `kill -9 <pid>` does
+        proc.wait()
+        deadline = time.time() + 20
+        while any(_pid_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_pid_alive(w) for w in workers), "workers outlived their parent"
+        with ResultsDB(db) as d:
+            claims, counts = d.attempts("exp"), d.counts("exp")
+            assert counts["running"] == 0 and counts["queued"] + counts["done"] == 6  # released, not lost
+            assert d.live_runs() == []  # the dead run's record is dropped
+        time.sleep(1.5)
+        with ResultsDB(db) as d:
+            assert d.attempts("exp") == claims  # nobody takes trials any more
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+HOLDER = """
+import sys, time
+from optfit.bench.storage import ResultsDB
+with ResultsDB(sys.argv[1]) as db:
+    db.begin_run("other", "optfit bench run --experiment other")
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_run_on_a_database_is_refused_unless_it_joins(tmp_path, capfd):
+    db = tmp_path / "r.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        specs = [spec(seed=s) for s in range(2)]
+        with pytest.raises(RunInProgress, match=rf"in use by another run: pid {holder.pid} .*--join") as info:
+            run_experiment(specs, db, "exp", workers=0, progress=False)
+        assert info.value.runs[0]["experiment"] == "other"
+        with ResultsDB(db) as d:
+            assert d.counts("exp")["queued"] == 0  # refused before queueing anything
+        results = run_experiment(specs, db, "exp", workers=0, progress=False, join=True)
+        assert [r.status for r in results] == ["done", "done"]
+        assert f"joining the run(s) already working on {db}: pid {holder.pid}" in capfd.readouterr().err
+        holder.kill()
+        holder.wait()
+        assert len(run_experiment(specs, db, "exp", workers=0, progress=False)) == 2  # a dead run is no obstacle
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_checks_the_data_of_its_workloads_before_any_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTFIT_DATA", str(tmp_path / "empty-cache"))
+    specs = [spec(), spec("NeedsMnist")]
+    with pytest.raises(DataMissing, match=r"(?s)no trial was started:\n  needs-mnist \(tests\.bench\.runner_workloads:"
+                                          r"NeedsMnist\): dataset 'mnist'.*run `optfit data prepare --only mnist` first"):
+        run_experiment(specs, tmp_path / "r.db", "exp", workers=0, progress=False)
+    with ResultsDB(tmp_path / "r.db") as d:
+        assert d.attempts("exp") == 0 and d.counts("exp")["queued"] == 2 and d.live_runs() == []
+    results = run_experiment(specs[:1], tmp_path / "r2.db", "exp", workers=0, progress=False)
+    assert results[0].status == "done"  # a workload without datasets is not held up
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar_with_elapsed_time_and_eta(tmp_path, monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    run_experiment([spec(seed=s) for s in range(3)], tmp_path / "r.db", "exp", workers=0)
+    out = term.getvalue()
+    assert re.search(r"trials: +100%\|.*\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ ?s?/?trials?(/s)?\]", out), out
+    assert "tiny-regression sgd seed=2 done" in out

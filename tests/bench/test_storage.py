@@ -316,3 +316,116 @@ def test_newer_schema_and_directory(tmp_path):
     conn.close()
     _assert_clear_error(path, "newer optfit")
     _assert_clear_error(tmp_path, "directory")
+
+
+# -- read-only databases --------------------------------------------------------------------------------------
+
+def filled_db(path: Path) -> Path:
+    with ResultsDB(path) as db:
+        db.add_trials("e", specs(2))
+        spec = db.claim_next("e", make_worker_id())
+        db.record_result(fake_result(spec), experiment="e")
+    return path
+
+
+def test_a_database_opened_read_only_reads_and_says_read_only_when_written(tmp_path):
+    path = filled_db(tmp_path / "r.db")
+    with ResultsDB(path, readonly=True) as db:
+        assert db.counts("e")["done"] == 1 and len(db.results("e")[0].curve) == 5
+        with pytest.raises(ResultsDBError, match=r"r\.db is read-only") as info:
+            db.add_trials("e", specs(3))
+    assert "corrupt" not in str(info.value) and "move it aside" not in str(info.value)
+    with pytest.raises(ResultsDBError, match="does not exist"):
+        ResultsDB(tmp_path / "missing.db", readonly=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_sqlite_read_only_errors_are_not_called_corrupt(tmp_path):
+    db = ResultsDB(tmp_path / "r.db")
+    message = str(db._error(sqlite3.OperationalError("attempt to write a readonly database")))
+    db.close()
+    assert "is read-only" in message and "corrupt" not in message and "move it aside" not in message
+
+
+def in_read_only_folder(folder: Path, code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -c code args`` with ``folder`` read-only, as a user would meet it: a read-only mount when
+    running as root (root ignores permission bits), permission bits otherwise."""
+    env = dict(os.environ, PYTHONPATH=f"{SRC.parent}{os.pathsep}{SRC}", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", code, *args]
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p in modes:
+            p.chmod(modes[p] & ~0o222)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare(1): cannot make a read-only folder")
+    wrapped = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder), *cmd]
+    proc = subprocess.run(wrapped, capture_output=True, text=True, env=env, timeout=120)
+    if proc.returncode != 0 and ("mount" in proc.stderr or "unshare" in proc.stderr):
+        pytest.skip(f"cannot make a read-only mount here: {proc.stderr.strip()[:200]}")
+    return proc
+
+
+CLI = "import sys; from optfit.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_read_only_database_on_a_read_only_folder(tmp_path):
+    """`bench run` refuses it before any trial, saying read-only (not corrupt); `bench list` and `bench report`
+    read it as it is."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = filled_db(folder / "r.db")
+    before = path.read_bytes()
+    run = in_read_only_folder(folder, CLI, "bench", "run", "--db", str(path), "--workload",
+                              "tests.bench.runner_workloads:TinyRegression", "--optimizers", "sgd", "--workers", "0",
+                              "--out", str(tmp_path / "out"))
+    assert run.returncode == 2, run.stderr
+    assert "read-only" in run.stderr and "corrupt" not in run.stderr and "Traceback" not in run.stderr
+    listing = in_read_only_folder(folder, CLI, "bench", "list", "--db", str(path))
+    assert listing.returncode == 0 and "e " in listing.stdout, listing.stderr
+    csv_out = in_read_only_folder(folder, CLI, "bench", "report", "--db", str(path), "--format", "csv")
+    assert csv_out.returncode == 0 and csv_out.stdout.count("\n") == 3, csv_out.stderr  # header + 2 trials
+    assert path.read_bytes() == before
+
+
+def test_read_only_out_folder_is_refused_before_any_trial(tmp_path):
+    folder = tmp_path / "ro"
+    (folder / "out").mkdir(parents=True)
+    db = tmp_path / "r.db"
+    run = in_read_only_folder(folder, CLI, "bench", "run", "--db", str(db), "--workload",
+                              "tests.bench.runner_workloads:TinyRegression", "--optimizers", "sgd", "--workers", "0",
+                              "--out", str(folder / "out"))
+    assert run.returncode == 2 and "--out" in run.stderr and "cannot write" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not db.exists()  # refused before the database was touched
+
+
+# -- one run at a time ----------------------------------------------------------------------------------------
+
+def test_live_runs_are_recorded_and_dead_ones_dropped(tmp_path):
+    from optfit.bench.storage import RUN_PREFIX, RunInProgress, _process_start
+
+    with ResultsDB(tmp_path / "r.db") as db:
+        key, others = db.begin_run("e", "cmd")
+        assert others == [] and [r["pid"] for r in db.live_runs()] == [os.getpid()]
+        with pytest.raises(RunInProgress, match=rf"pid {os.getpid()} .*experiment 'e'.*`cmd`"):
+            db.begin_run("f")
+        key2, others = db.begin_run("f", join=True)
+        assert [r["key"] for r in others] == [key]
+        db.end_run(key)
+        db.end_run(key2)
+        assert db.live_runs() == []
+        # a dead pid, and a live pid whose process started at another time (the pid was reused), are not runs
+        import json
+
+        with db._tx() as conn:
+            for pid, start in ((dead_pid(), None), (os.getpid(), (_process_start(os.getpid()) or 0) + 1)):
+                conn.execute("INSERT INTO meta VALUES (?, ?)", (f"{RUN_PREFIX}x:{pid}", json.dumps(
+                    {"pid": pid, "host": db.host, "process_start": start, "experiment": "e", "started": 0})))
+        assert db.live_runs() == []
+        assert db.conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'run:%'").fetchone()[0] == 0

@@ -105,6 +105,26 @@ def test_missing_data_names_the_prepare_command(name, tmp_path):
         w.prepare()
 
 
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_check_data_is_cheap_and_names_the_prepare_command(name, tmp_path, fake_root, monkeypatch):
+    """``check_data`` (what a run calls before starting trials) fails exactly where ``prepare`` would, without
+    loading anything."""
+    if name in NEEDS_DATA:
+        with pytest.raises(DataMissing, match=rf"optfit data prepare --only {NEEDS_DATA[name]}"):
+            BUILTIN[name](data_root=tmp_path).check_data()
+        assert BUILTIN[name].datasets == (NEEDS_DATA[name],)
+    w = BUILTIN[name](data_root=fake_root)
+    loads = []
+    for loader in ("load_mnist", "load_fashion_mnist", "load_shakespeare", "load_sunspots", "load_mnist1d"):
+        monkeypatch.setattr(data, loader, lambda *a, _n=loader, **k: loads.append(_n))
+    if name in NEEDS_SKLEARN and not importlib.util.find_spec("sklearn"):
+        with pytest.raises(DataMissing, match="scikit-learn"):
+            w.check_data()
+    else:
+        w.check_data()
+    assert loads == []
+
+
 def test_building_models_leaves_the_global_rng_alone(fake_root):
     w = make("w3-mlp", fake_root)
     state = torch.random.get_rng_state()

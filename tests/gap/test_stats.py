@@ -80,3 +80,28 @@ def test_bad_arguments_and_detach():
     stats.remove()
     opt.step()
     assert stats.steps == 1
+
+
+def test_summary_says_why_its_estimates_are_nan():
+    p = torch.zeros(6, requires_grad=True)
+    stats = GradientStats([p], lags=4)
+    assert "no gradients recorded yet" in stats.summary()["reason"]
+    stats.update()  # no .grad yet
+    assert "none of the 1 parameters had a gradient" in stats.summary()["reason"]
+    gen = torch.Generator().manual_seed(0)
+    for k in range(1, 5):
+        p.grad = torch.randn(6, generator=gen)
+        stats.update()
+        summary = stats.summary()
+        assert math.isnan(summary["rho"]) and summary["reason"] == (
+            f"needs 5 recorded gradients of a tensor for R(0..4) (lags=4); has {k}")
+    p.grad = torch.randn(6, generator=gen)
+    stats.update()
+    summary = stats.summary()
+    assert summary["reason"] is None and math.isfinite(summary["rho"])
+    zero = torch.zeros(3, requires_grad=True)
+    flat = GradientStats([zero], lags=2)
+    for _ in range(3):
+        zero.grad = torch.zeros(3)
+        flat.update()
+    assert flat.summary()["reason"] == "every recorded gradient is zero" and math.isnan(flat.summary()["rho"])

@@ -1,5 +1,8 @@
 """Report figures as PNG bytes. Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend
-switch, no display needed). Every figure has labelled axes and a legend; a label keeps its colour everywhere."""
+switch, no display needed). Every figure has labelled axes and a legend. Colours mean one thing across the whole
+report: an optimizer keeps its colour in every figure (``colors``; also on the tick labels that name it), a
+workload its colour and marker (``workload_styles``), a gap candidate its colour (``candidate_colors``, a
+sequential map ordered by the candidate's value); the three palettes do not overlap."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from .summary import Summary, curve_band
 
 try:  # matplotlib is an optional dependency of the report only
     import matplotlib
+    import matplotlib.colors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
@@ -22,6 +26,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
             "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+_WORKLOAD_PALETTE = ["#4d4d4d", "#a6761d", "#666699", "#1b9e77", "#e7298a", "#999933", "#66a61e", "#7570b3",
+                     "#b15928", "#6a3d9a", "#33a02c", "#fb9a99"]
 _MARKERS = "osD^vP*Xh<>p"
 _BASE = {"figure.dpi": 100, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
 
@@ -36,6 +42,34 @@ def colors(summary: Summary) -> dict[str, str]:
             out[lab] = _PALETTE[i % len(_PALETTE)]
             i += 1
     return out
+
+
+def workload_styles(summary: Summary) -> dict[str, tuple[str, str]]:
+    """A fixed (colour, marker) per workload, in the order of the workload table."""
+    return {w: (_WORKLOAD_PALETTE[j % len(_WORKLOAD_PALETTE)], _MARKERS[j % len(_MARKERS)])
+            for j, w in enumerate(summary.meta)}
+
+
+def candidate_colors(summary: Summary) -> dict[str, str]:
+    """A fixed colour per gap candidate (e.g. a momentum β) over every selection history in the summary: the
+    same candidate has the same colour in every selection figure, candidates ordered by value on viridis."""
+    found: set[str] = set()
+    for per in summary.groups.values():
+        for trials in per.values():
+            for r in trials:
+                try:
+                    found.update(_key(v) for _, sel in parse_selection(r.extras["selection"]) for g in sel for v in g)
+                except (KeyError, ValueError, TypeError):
+                    continue
+    keys = sorted(found, key=_order)
+    cmap = matplotlib.colormaps["viridis"]
+    return {k: matplotlib.colors.to_hex(cmap(0.9 * i / max(len(keys) - 1, 1))) for i, k in enumerate(keys)}
+
+
+def _color_ticks(ax, labels: list[str], col: dict[str, str]) -> None:
+    """Optimizer names on the y axis in their colours (the baseline stays black)."""
+    for tick, lab in zip(ax.get_yticklabels(), labels):
+        tick.set_color(col.get(lab, "#000000"))
 
 
 def _styled(fn):
@@ -125,8 +159,9 @@ def curves(summary: Summary, wl: str, col: dict[str, str]) -> bytes:
         ax.grid(alpha=0.3)
         _logy_if_wide(ax, drawn)
     best = f"; best {len(named) - (summary.baseline in named)} named" if others else " band"
-    axes[0][0].set_title(f"{_short(wl, 40)}: {meta.metric} vs steps (median, IQR{best})")
-    axes[0][1].set_title(f"{_short(wl, 40)}: {meta.metric} vs time")
+    title = _short(summary.title(wl), 40)
+    axes[0][0].set_title(f"{title}: {meta.metric} vs steps (median, IQR{best})")
+    axes[0][1].set_title(f"{title}: {meta.metric} vs time")
     if not drawn:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no finite curve points", ha="center", va="center", transform=ax.transAxes)
@@ -176,13 +211,15 @@ def overhead(summary: Summary, col: dict[str, str]) -> bytes:
     labels = [lab for lab in summary.labels if lab in summary.overhead_ms]
     fig, axes = _new(9.6, 0.9 + 0.32 * max(len(labels), 2))
     ax = axes[0][0]
-    wls = sorted({w for lab in labels for w in summary.overhead_ms[lab]})
-    for j, w in enumerate(wls):
+    styles = workload_styles(summary)
+    wls = [w for w in summary.meta if any(w in summary.overhead_ms[lab] for lab in labels)]
+    for w in wls:
         ys = [i for i, lab in enumerate(labels) if w in summary.overhead_ms[lab]]
         xs = [summary.overhead_ms[labels[i]][w] for i in ys]
-        ax.scatter(xs, ys, marker=_MARKERS[j % len(_MARKERS)], s=36, label=_short(w), color=_PALETTE[j % len(_PALETTE)],
-                   alpha=0.85)
+        color, marker = styles[w]
+        ax.scatter(xs, ys, marker=marker, s=36, label=_short(summary.title(w)), color=color, alpha=0.85)
     ax.set_yticks(range(len(labels)), [_short(lab) for lab in labels])
+    _color_ticks(ax, labels, col)
     ax.invert_yaxis()
     xs_all = [v for lab in labels for v in summary.overhead_ms[lab].values() if v > 0]
     if xs_all and max(xs_all) / min(xs_all) > 20:
@@ -201,20 +238,22 @@ def learned(summary: Summary, col: dict[str, str]) -> bytes:
     labels = [lab for lab in summary.labels if lab in summary.learned]
     fig, axes = _new(9.6, 1.2 + 0.34 * max(len(labels), 2), ncols=2)
     axes[0][1].sharey(axes[0][0])
-    wls = sorted({w for lab in labels for w in summary.learned[lab]})
+    styles = workload_styles(summary)
+    wls = [w for w in summary.meta if any(w in summary.learned[lab] for lab in labels)]
     for ax, field, title in zip(axes[0], ("speedup", "final_ratio"),
                                 ("Speedup vs baseline (higher is better)", "Final-loss ratio (lower is better)")):
         for i, lab in enumerate(labels):
             agg = summary.learned_iqm[lab][0 if field == "speedup" else 1]
             if math.isfinite(agg) and agg > 0:
                 ax.barh(i, agg, color="#c9d3e3", height=0.6, label="IQM over workloads" if i == 0 else None)
-        for j, w in enumerate(wls):
+        for w in wls:
             pts = [(getattr(summary.learned[lab][w], field), i) for i, lab in enumerate(labels)
                    if w in summary.learned[lab]]
             pts = [(x, i) for x, i in pts if math.isfinite(x) and x > 0]
             if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[j % len(_MARKERS)], s=30,
-                           color=_PALETTE[j % len(_PALETTE)], label=_short(w), zorder=3)
+                color, marker = styles[w]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=30, color=color,
+                           label=_short(summary.title(w)), zorder=3)
         ax.axvline(1.0, color="#000000", lw=1, ls="--", label=f"baseline ({_short(summary.baseline or '')})")
         ax.set_xscale("log")
         ax.set_xlabel("speedup (baseline steps / method steps)" if field == "speedup"
@@ -222,6 +261,7 @@ def learned(summary: Summary, col: dict[str, str]) -> bytes:
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(range(len(labels)), [_short(lab) for lab in labels])
+    _color_ticks(axes[0][0], labels, col)
     axes[0][0].invert_yaxis()
     axes[0][0].set_ylabel("optimizer")
     axes[0][1].tick_params(labelleft=False)
@@ -257,13 +297,19 @@ def selection_shares(trials: list[TrialResult]) -> dict[str, float]:
 
 
 @_styled
-def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, dict[str, float]]:
+def selection(label: str, wl: str, trials: list[TrialResult],
+              cand_colors: dict[str, str] | None = None) -> tuple[bytes, dict[str, float]]:
     """Which candidate a gap optimizer selected over time: per param group, the share of selections (tensors and
     seeds pooled) held by each candidate at each logged step, as a stacked area. Also returns the share of all
-    logged selections per candidate."""
+    logged selections per candidate. ``cand_colors`` (``candidate_colors`` of the report) keeps a candidate's
+    colour the same in every selection figure; ``wl`` is the workload's name as shown."""
     histories = [parse_selection(r.extras["selection"]) for r in trials]
     n_groups = max(len(sel) for h in histories for _, sel in h)
     candidates = sorted({_key(v) for h in histories for _, sel in h for g in sel for v in g}, key=_order)
+    if cand_colors is None or not set(candidates) <= set(cand_colors):
+        cmap = matplotlib.colormaps["viridis"]
+        cand_colors = {k: matplotlib.colors.to_hex(cmap(0.9 * i / max(len(candidates) - 1, 1)))
+                       for i, k in enumerate(candidates)}
     fig, axes = _new(9.6, 2.6 * min(n_groups, 4) + 0.4, nrows=min(n_groups, 4))
     for g, ax in enumerate(axes[:, 0]):
         counts: dict[float, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -279,7 +325,7 @@ def selection(label: str, wl: str, trials: list[TrialResult]) -> tuple[bytes, di
             used = [i for i, c in enumerate(candidates) if any(counts[s][c] for s in steps)]
             shares = [np.array([counts[s][candidates[i]] for s in steps]) / sizes for i in used]
             ax.stackplot(steps, shares, labels=[f"candidate {_short(candidates[i], 20)}" for i in used], step="post",
-                         colors=[_PALETTE[i % len(_PALETTE)] for i in used], alpha=0.85)
+                         colors=[cand_colors[candidates[i]] for i in used], alpha=0.85)
             ax.set_xlim(steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("training step")

@@ -22,7 +22,7 @@ from typing import Any
 from .records import TrialResult
 from .summary import KINDS, Summary, summarize
 
-__all__ = ["write_report", "leaderboard_text", "render_html"]
+__all__ = ["write_report", "leaderboard_text", "render_html", "format_hparams", "seeds_text"]
 
 
 class _Raw(str):
@@ -47,6 +47,34 @@ def _fmt(x: float | None, digits: int = 3, prefix: str = "") -> str:
     if math.isinf(x):
         return "∞" if x > 0 else "−∞"
     return f"{prefix}{x:.{digits}g}"
+
+
+def _rounded(value: Any, digits: int) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def format_hparams(hparams: Any, digits: int = 4) -> str:
+    """Hyperparameters as compact JSON with floats to ``digits`` significant digits (``0.0031622776601683794``
+    reads ``0.003162``); the database keeps the exact values."""
+    return json.dumps(_rounded(hparams, digits), sort_keys=True, default=str)
+
+
+def seeds_text(seeds: Iterable[int]) -> str:
+    """``"1 seed (0)"``, ``"3 seeds (0, 1, 2)"``, ``"10 seeds (0–9)"``: the count first, so one seed numbered 0
+    does not read as no seeds."""
+    seeds = sorted(set(seeds))
+    n = len(seeds)
+    if n == 0:
+        return "no seeds"
+    run = n > 3 and seeds == list(range(seeds[0], seeds[0] + n))
+    listed = f"{seeds[0]}–{seeds[-1]}" if run else ", ".join(map(str, seeds[:12])) + (", …" if n > 12 else "")
+    return f"{n} seed{'s' if n != 1 else ''} ({listed})"
 
 
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "", first_col_names: bool = True,
@@ -144,7 +172,7 @@ def _workloads_section(s: Summary) -> str:
     for w, m in s.meta.items():
         n = sum(len(s.groups[lab].get(w, [])) for lab in s.labels)
         budget = s.times["seconds"].budget.get(w)
-        rows.append([w, m.metric, "higher" if m.higher_is_better else "lower",
+        rows.append([s.title(w), m.metric, "higher" if m.higher_is_better else "lower",
                      "none (no time to target)" if m.target is None else f"{m.target:g}", f"{m.max_steps:,}",
                      "—" if budget is None else f"{budget:.3g} s", str(n)])
     return _table(["workload", "metric", "better", "target", "step budget", "time budget", "trials"], rows,
@@ -180,7 +208,7 @@ def _time_section(s: Summary) -> str:
                             + (f"<span class=sub>×{gr:.3g}</span>" if gr is not None else "")))
             rows.append(row)
         out.append(f"<h3>Time to target in {kind}</h3>")
-        out.append(_table(["optimizer", *s.target_workloads, "geometric mean"], rows, cls="ttt"))
+        out.append(_table(["optimizer", *map(s.title, s.target_workloads), "geometric mean"], rows, cls="ttt"))
     base = (f"ratios (×) are to <b>{_e(s.baseline)}</b>" if s.baseline else
             f"the baseline <b>{_e(s.requested_baseline)}</b> is not in the results, so no ratios are shown")
     out.append(f"<p class=note>Median over seeds (over studies of their best trial for external tuning); "
@@ -220,7 +248,7 @@ def _learned_section(s: Summary, figs: list[str], col) -> str:
     if not s.learned:
         why = "the baseline is absent" if s.baseline is None else "no workload has loss curves for both sides"
         return f"<p class=note>Not available: {why}.</p>"
-    wls = sorted({w for v in s.learned.values() for w in v})
+    wls = [w for w in s.meta if any(w in v for v in s.learned.values())]
     rows = []
     for lab, per in s.learned.items():
         row: list[Any] = [lab]
@@ -231,7 +259,7 @@ def _learned_section(s: Summary, figs: list[str], col) -> str:
         row.append(f"{_lower_mark(s, lab)}{_fmt(sp)} / {_fmt(fr)}")
         rows.append(row)
     figs.append(_img(figures.learned(s, col), "speedup and final-loss ratio against the baseline"))
-    return (_table(["optimizer", *wls, "IQM"], rows) + figs[-1] +
+    return (_table(["optimizer", *map(s.title, wls), "IQM"], rows) + figs[-1] +
             f"<p class=note>Cells: speedup / final-loss ratio against <b>{_e(s.baseline)}</b> on each workload's "
             "loss (median over seeds). Speedup = steps the baseline's median curve needs to reach the method's final "
             "loss ÷ the method's steps (≥: the baseline never got there, so its budget is used); final-loss ratio = "
@@ -246,7 +274,7 @@ def _overhead_section(s: Summary, figs: list[str], col) -> str:
     wls = list(s.meta)
     rows = [[lab, *(_fmt(s.overhead_ms.get(lab, {}).get(w)) for w in wls)] for lab in s.labels]
     figs.append(_img(figures.overhead(s, col), "optimizer overhead per step"))
-    return (_table(["optimizer", *(f"{w} (ms)" for w in wls)], rows) + figs[-1] +
+    return (_table(["optimizer", *(f"{s.title(w)} (ms)" for w in wls)], rows) + figs[-1] +
             "<p class=note>optimizer_seconds ÷ steps: time spent inside the optimizer's step, median over seeds.</p>")
 
 
@@ -254,26 +282,28 @@ def _selection_section(s: Summary, figs: list[str]) -> str:
     from . import figures
 
     parts = []
+    cand_colors = figures.candidate_colors(s)
     for lab in s.labels:
         for w in s.meta:
             trials = [r for r in s.groups[lab].get(w, []) if r.extras.get("selection")]
             if not trials:
                 continue
+            title = s.title(w)
             try:
-                png, shares = figures.selection(lab, w, trials)
+                png, shares = figures.selection(lab, title, trials, cand_colors)
             except (ValueError, TypeError, IndexError) as exc:
-                parts.append(f"<p class=warn>{_e(lab)} on {_e(w)}: unreadable selection history ({_e(exc)}).</p>")
+                parts.append(f"<p class=warn>{_e(lab)} on {_e(title)}: unreadable selection history ({_e(exc)}).</p>")
                 continue
-            figs.append(_img(png, f"candidate selected over time by {lab} on {w}"))
+            figs.append(_img(png, f"candidate selected over time by {lab} on {title}"))
             share = ", ".join(f"{c}: {100 * v:.0f}%" for c, v in shares.items())
-            parts.append(f"<h3>{_e(lab)} on {_e(w)}</h3>{figs[-1]}<p class=note>Share of all logged selections: "
+            parts.append(f"<h3>{_e(lab)} on {_e(title)}</h3>{figs[-1]}<p class=note>Share of all logged selections: "
                          f"{_e(share)}.</p>")
     return "".join(parts) or "<p class=note>No gap runs (no trial logged a selection history).</p>"
 
 
 def _gradient_stats_section(s: Summary) -> str:
     """The ``GradientStats`` probe of each gap run (last evaluation, median over seeds) beside what it chose."""
-    rows = []
+    rows, why = [], []
     for lab in s.labels:
         for w in s.meta:
             trials = [r for r in s.groups[lab].get(w, []) if r.extras.get("gradient_stats")]
@@ -291,8 +321,11 @@ def _gradient_stats_section(s: Summary) -> str:
                 return _median(vals) if vals else math.nan
 
             chosen = _most_selected(trials)
-            rows.append([lab, w, str(len(last)), _fmt(med("noise_scale")), _fmt(med("rho")),
+            rows.append([lab, s.title(w), str(len(last)), _fmt(med("noise_scale")), _fmt(med("rho")),
                          _fmt(med("predicted_beta")), chosen])
+            reasons = sorted({str(x["reason"]) for x in last if x.get("reason")})
+            if reasons and math.isnan(med("rho")):
+                why.append(f"{_e(lab)} on {_e(s.title(w))}: {_e('; '.join(reasons))}")
     if not rows:
         return "<p class=note>No trial carried a GradientStats probe (only gap-family runs do).</p>"
     return (_table(["label", "workload", "seeds", "noise scale s²/c", "fitted ρ", "predicted β*", "most selected"],
@@ -300,7 +333,8 @@ def _gradient_stats_section(s: Summary) -> str:
             "<p class=note>Measured by <code>optfit.gap.GradientStats</code> on the gap runs themselves (off the "
             "clock): per-element gradient autocorrelation R(0..8) from subsampled coordinates, fitted to "
             "R(k) = s²δ<sub>k</sub> + cρ<sup>k</sup>; β* maximises √(1−β²)(s² + c/(1−βρ)). The last column is the "
-            "candidate the run used most (share of logged selections).</p>")
+            "candidate the run used most (share of logged selections).</p>" +
+            (f"<p class=note>n/a: {'<br>'.join(why)}.</p>" if why else ""))
 
 
 def _most_selected(trials: list[TrialResult]) -> str:
@@ -321,13 +355,12 @@ def _configs_section(s: Summary) -> str:
     for lab in s.labels:
         trials = [r for w in s.groups[lab] for r in s.groups[lab][w]]
         reps = {w: s.reps(lab, w) for w in s.groups[lab]}
-        hp = {w: sorted({json.dumps(r.spec.hparams, sort_keys=True, default=str) for r in rs})
-              for w, rs in reps.items()}
+        hp = {w: sorted({format_hparams(r.spec.hparams) for r in rs}) for w, rs in reps.items()}
         if len({tuple(v) for v in hp.values()}) == 1:  # the same settings on every workload
             hp_html = "<br>".join(_e(h) for h in next(iter(hp.values())))
         else:
-            hp_html = "<br>".join(f"{_e(w)}: {_e(h)}" for w, v in hp.items() for h in v)
-        sched = {json.dumps(r.spec.schedule, sort_keys=True, default=str) for r in trials}
+            hp_html = "<br>".join(f"{_e(s.title(w))}: {_e(h)}" for w, v in hp.items() for h in v)
+        sched = {format_hparams(r.spec.schedule) for r in trials}
         rows.append([lab, ", ".join(sorted({r.spec.optimizer for r in trials})),
                      ", ".join(sorted({r.spec.protocol for r in trials})), str(len(trials)),
                      ", ".join(str(x) for x in sorted({r.spec.seed for r in trials})),
@@ -339,7 +372,7 @@ def _configs_section(s: Summary) -> str:
 def _problems_section(s: Summary) -> str:
     if not s.problems:
         return "<p class=note>All trials finished.</p>"
-    rows = [[r.spec.workload, f"{r.spec.label or r.spec.optimizer}", str(r.spec.seed), r.status, f"{r.steps:,}",
+    rows = [[s.title(r.spec.workload), f"{r.spec.label or r.spec.optimizer}", str(r.spec.seed), r.status, f"{r.steps:,}",
              (r.error or "")[:300]] for r in s.problems]
     return _table(["workload", "optimizer", "seed", "status", "steps", "error"], rows, first_col_names=False,
                   text_cols=(0, 1, 3, 5))
@@ -401,8 +434,9 @@ def _csp() -> str:
     return f"default-src 'none'; img-src data:; style-src {h(_CSS)}; script-src {h(_SCRIPT)}"
 
 
-def render_html(s: Summary, title: str = "optfit showdown") -> str:
-    """The report page for a ``Summary``."""
+def render_html(s: Summary, title: str = "optfit showdown", experiment: str | Iterable[str] | None = None) -> str:
+    """The report page for a ``Summary``; ``experiment`` (the database's experiment name or names) is shown in
+    the title and the header."""
     from . import figures
 
     try:
@@ -424,8 +458,8 @@ def render_html(s: Summary, title: str = "optfit showdown") -> str:
     sections.append(("claims", "Is it faster than the baseline?", _claims_section(s)))
     curves = []
     for w in s.meta:
-        figs.append(_img(figures.curves(s, w, col), f"{w}: {s.meta[w].metric} curves"))
-        curves.append(f"<h3>{_e(w)}</h3>{figs[-1]}")
+        figs.append(_img(figures.curves(s, w, col), f"{s.title(w)}: {s.meta[w].metric} curves"))
+        curves.append(f"<h3>{_e(s.title(w))}</h3>{figs[-1]}")
     sections.append(("curves", "Curves", "".join(curves)))
     sections.append(("learned", "Speedup and final-loss ratio (learned-optimizer metrics)",
                      _learned_section(s, figs, col)))
@@ -436,7 +470,11 @@ def render_html(s: Summary, title: str = "optfit showdown") -> str:
     sections.append(("problems", "Failed and diverged trials", _problems_section(s)))
     sections.append(("read", "How to read this report", _READ))
     n_trials = sum(len(v) for g in s.groups.values() for v in g.values())
-    seeds = sorted({r.spec.seed for g in s.groups.values() for v in g.values() for r in v})
+    seeds = {r.spec.seed for g in s.groups.values() for v in g.values() for r in v}
+    names = [experiment] if isinstance(experiment, str) else list(experiment or [])
+    if names:
+        title = f"{title}: {', '.join(names)}"
+    exp = (f"experiment{'s' if len(names) > 1 else ''} <b>{_e(', '.join(names))}</b> · " if names else "")
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     base = (f"baseline <b>{_e(s.baseline)}</b>" if s.baseline else
             f"<span class=warn>baseline {_e(s.requested_baseline)} not in the results</span>")
@@ -446,17 +484,18 @@ def render_html(s: Summary, title: str = "optfit showdown") -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{_csp()}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<header><h1>{_e(title)}</h1><p>{n_trials} trials · {len(s.labels)} optimizers · {len(s.meta)} workloads "
-            f"· seeds {_e(', '.join(map(str, seeds)))} · {base}</p><p>generated {when} by optfit {_e(version)}</p>"
+            f"<header><h1>{_e(title)}</h1><p>{exp}{n_trials} trials · {len(s.labels)} optimizers · {len(s.meta)} "
+            f"workloads · {_e(seeds_text(seeds))} · {base}</p><p>generated {when} by optfit {_e(version)}</p>"
             f"</header><nav>{nav}</nav><main>{body}</main><script>{_SCRIPT}</script></body></html>")
 
 
 def write_report(results: Iterable[TrialResult], workloads_meta: Any, out_dir: str | os.PathLike,
-                 baseline: str = "adamw-tuned", title: str = "optfit showdown") -> Path:
+                 baseline: str = "adamw-tuned", title: str = "optfit showdown",
+                 experiment: str | Iterable[str] | None = None) -> Path:
     """Write ``out_dir/report.html`` (created if needed) and return its path. The file is written to a temporary
     name and renamed, so an interrupted run never leaves a half-written report."""
     s = summarize(results, workloads_meta, baseline)
-    page = render_html(s, title)
+    page = render_html(s, title, experiment)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"

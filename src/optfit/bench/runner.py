@@ -39,7 +39,7 @@ from ..gap.stats import GradientStats
 from ..registry import optimizer_info
 from . import schedules
 from .records import CurvePoint, TrialResult, TrialSpec
-from .storage import FINISHED, ResultsDB, make_worker_id
+from .storage import FINISHED, ResultsDB, describe_run, make_worker_id
 from .workload import DataMissing, Workload
 from .workloads import get_workload
 
@@ -355,13 +355,53 @@ def work(db_path: str | os.PathLike[str], experiment: str, options: _Options | N
                 on_result(result)
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+        return False
+
+
+def _watch_parent(parent: int, interval: float = 1.0, grace: float = 15.0) -> threading.Thread:
+    """Fallback for ``PR_SET_PDEATHSIG`` (other systems, or a parent that died before it was set): a daemon
+    thread that sends this process SIGTERM once its parent is gone (then exits hard after ``grace`` seconds)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(143)
+
+    thread = threading.Thread(target=watch, name="optfit-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _worker_main(argv: list[str]) -> int:
+    """A worker process: claims trials until none is left. It dies with the ``run_experiment`` that started it
+    (SIGTERM on the parent's death: ``PR_SET_PDEATHSIG`` on Linux, a parent-pid watchdog everywhere), and
+    SIGTERM releases its trial back to the queue. Ctrl-C is the parent's to handle (it stops the workers)."""
     db_path, experiment, opts = argv[0], argv[1], json.loads(argv[2])
+    parent = int(argv[3]) if len(argv) > 3 else os.getppid()
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        return 143
+    _watch_parent(parent)
     try:
         work(db_path, experiment, _Options(**opts))
     except KeyboardInterrupt:
@@ -377,21 +417,33 @@ def usable_cpus() -> int:
 
 
 class _Progress:
-    """One line per finished trial (tqdm bar when tqdm is installed and stderr is a terminal)."""
+    """Progress on stderr through ``tqdm``: on a terminal a live bar (done/total, elapsed time, ETA) with one line
+    per finished trial above it; elsewhere (a log file, a pipe) only the lines, each starting with tqdm's
+    ``[done/total elapsed<ETA]``. Trials finished before this run count as done but not in the rate."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.enabled, self.total, self.seen, self.since = enabled, total, set(), 0.0
+    def __init__(self, total: int, enabled: bool, finished: Iterable[str] = (), file: Any = None) -> None:
+        from tqdm import tqdm
+
+        self.enabled, self.total, self.seen, self.since = enabled, total, set(finished), 0.0
+        self.file = sys.stderr if file is None else file
+        self.initial, self.start = len(self.seen), time.monotonic()
+        self.format_meter = tqdm.format_meter
         self.bar = None
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="trial", file=sys.stderr)
-            except ImportError:
-                pass
+        isatty = getattr(self.file, "isatty", None)
+        if enabled and callable(isatty) and isatty():
+            self.bar = tqdm(total=total, initial=self.initial, unit="trial", file=self.file, dynamic_ncols=True,
+                            smoothing=0.0, desc="trials")
+
+    def meter(self) -> str:
+        """``[n/total elapsed<remaining]`` (tqdm's formatting; ``?`` until a trial of this run has finished)."""
+        return self.format_meter(len(self.seen), self.total, time.monotonic() - self.start, initial=self.initial,
+                                 bar_format="[{n_fmt}/{total_fmt} {elapsed}<{remaining}]")
 
     def update(self, db: ResultsDB, experiment: str) -> None:
         if not self.enabled:
             return
+        from .workloads import display_name
+
         rows = db.trials(experiment, FINISHED, finished_after=self.since - 10.0)  # margin: stamp ≠ commit order
         for row in rows:
             self.since = max(self.since, row["finished"] or 0.0)
@@ -401,33 +453,67 @@ class _Progress:
             spec = row["spec"]
             ttt = (f"target at step {row['steps_to_target']} ({row['seconds_to_target']:.2f}s)"
                    if row["steps_to_target"] is not None else "target not reached")
-            line = (f"[{len(self.seen)}/{self.total}] {spec.workload} {spec.label or spec.optimizer} seed={spec.seed}"
-                    f" {row['status']}: {ttt}, {row['steps'] or 0} steps in {row['train_seconds'] or 0:.2f}s")
+            line = (f"{display_name(spec.workload)} {spec.label or spec.optimizer} seed={spec.seed} {row['status']}: "
+                    f"{ttt}, {row['steps'] or 0} steps in {row['train_seconds'] or 0:.2f}s")
             if row["status"] == "failed" and row["error"]:
                 line += f" — {row['error'].splitlines()[0]}"
             if self.bar is not None:
-                self.bar.write(line)
+                self.bar.write(line, file=self.file)
                 self.bar.update(1)
             else:
-                print(line, file=sys.stderr, flush=True)
+                print(f"{self.meter()} {line}", file=self.file, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()  # elapsed time and ETA move on between trials too
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
+def check_data(workloads: Iterable[str]) -> None:
+    """Raise ``DataMissing`` listing every workload in ``workloads`` whose data is absent (``Workload.check_data``)
+    and the one ``optfit data prepare`` command that fetches it all. Names that do not resolve are left to the
+    trials, which record the error."""
+    from .data import MANIFEST, PREPARE_HINT
+
+    missing: list[tuple[str, str]] = []
+    for name in dict.fromkeys(workloads):
+        try:
+            workload = get_workload(name)
+        except Exception:  # noqa: BLE001 - the trial reports it
+            continue
+        try:
+            workload.check_data()
+        except DataMissing as exc:
+            missing.append((name, str(exc)))
+    if not missing:
+        return
+    from .workloads import display_name
+
+    shown = {name: display_name(name) + (f" ({name})" if display_name(name) != name else "") for name, _ in missing}
+    lines = "\n".join(f"  {shown[name]}: {message}" for name, message in missing)
+    needed = [d for name, _ in missing for d in getattr(get_workload(name), "datasets", ()) if d in MANIFEST]
+    fix = f"`{PREPARE_HINT} --only {','.join(dict.fromkeys(needed))}`" if needed else f"`{PREPARE_HINT}`"
+    raise DataMissing(f"the data of {len(missing)} workload(s) is missing, so no trial was started:\n{lines}\n"
+                      f"run {fix} first (`optfit data status` shows the cache)")
+
+
 def _spawn(db_path: str, experiment: str, opts: _Options) -> subprocess.Popen:
     env = dict(os.environ, **THREAD_ENV)
     paths = [p or os.getcwd() for p in sys.path] + [env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-    code = "import sys; from optfit.bench.runner import _worker_main; sys.exit(_worker_main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, db_path, experiment, json.dumps(opts.__dict__)], env=env)
+    # SIGINT ignored from the first line: Ctrl-C reaches the whole process group, and the parent stops its workers
+    code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+            "from optfit.bench.runner import _worker_main; sys.exit(_worker_main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, db_path, experiment, json.dumps(opts.__dict__),
+                             str(os.getpid())], env=env)
 
 
 def run_experiment(specs: Iterable[TrialSpec], db_path: str | os.PathLike[str], experiment: str, *,
                    workers: int | None = None, progress: bool = True, command: str | None = None,
                    stop_at_target: bool = False, retry_failed: bool = True, stale_after: float | None = 300.0,
-                   max_attempts: int = 3, heartbeat_s: float = 10.0, poll_s: float = 0.5) -> list[TrialResult]:
+                   max_attempts: int = 3, heartbeat_s: float = 10.0, poll_s: float = 0.5, join: bool = False,
+                   check_data_first: bool = True) -> list[TrialResult]:
     """Queue ``specs`` under ``experiment`` in the database at ``db_path`` and run what is not finished.
 
     Runs ``min(workers, usable CPUs, pending trials)`` worker processes (``workers=None``: one per usable
@@ -436,7 +522,13 @@ def run_experiment(specs: Iterable[TrialSpec], db_path: str | os.PathLike[str], 
     claims) and a dead worker is replaced while queued trials outnumber the live ones. Re-running the same
     call resumes: finished trials are skipped (failed ones are retried when ``retry_failed``); queued trials
     of the experiment that are not in ``specs`` run too. Trials never run in the parent when ``workers`` > 0.
-    Progress: one line per finished trial on stderr (a tqdm bar if tqdm is installed and stderr is a tty).
+
+    Workers die with the process that called this (``kill -9`` included; see ``_worker_main``), and Ctrl-C or
+    SIGTERM stops them, their trials going back to the queue. Another live run on the same database (any
+    experiment) raises ``RunInProgress`` naming its pid before anything is queued, unless ``join=True``: then
+    this run says so on stderr and works alongside it (on the same experiment, both share the queue).
+    With ``check_data_first`` the workloads of the pending trials must have their data (``Workload.check_data``)
+    or ``DataMissing`` is raised before any trial starts. Progress: tqdm on stderr (see ``_Progress``).
     Returns the experiment's finished results.
     """
     db_path = str(Path(db_path))
@@ -444,24 +536,40 @@ def run_experiment(specs: Iterable[TrialSpec], db_path: str | os.PathLike[str], 
                     stop_at_target=stop_at_target)
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be a non-negative int or None, got {workers!r}")
+    specs = list(specs)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, TrialSpec):
+            raise TypeError(f"specs[{i}] must be a TrialSpec, got {type(spec).__name__}")
     with ResultsDB(db_path) as db:
-        db.add_trials(experiment, specs, command=command, retry_failed=retry_failed)
-        counts = db.counts(experiment)
-        pending = counts["queued"] + counts["running"]
-        bar = _Progress(sum(counts.values()), progress)
-        bar.seen.update(r["key"] for r in db.trials(experiment, FINISHED))
-        if pending and progress:
-            print(f"{experiment}: {pending} of {sum(counts.values())} trials to run", file=sys.stderr, flush=True)
+        run_key, others = db.begin_run(experiment, command if command is not None else " ".join(sys.argv),
+                                       join=join)
         try:
-            if pending and workers == 0:
-                work(db_path, experiment, opts, on_result=lambda _: bar.update(db, experiment))
-            elif pending:
-                _supervise(db, db_path, experiment, opts, min(workers or usable_cpus(), usable_cpus(), pending),
-                           bar, poll_s)
-            bar.update(db, experiment)
+            if others:
+                print(f"{experiment}: joining the run(s) already working on {db_path}: "
+                      f"{'; '.join(describe_run(r) for r in others)} (they share the CPUs"
+                      f"{' and, on this experiment, the queue' if any(r.get('experiment') == experiment for r in others) else ''})",
+                      file=sys.stderr, flush=True)
+            db.add_trials(experiment, specs, command=command, retry_failed=retry_failed)
+            counts = db.counts(experiment)
+            pending = counts["queued"] + counts["running"]
+            if pending and check_data_first:
+                check_data(r["workload"] for r in db.trials(experiment, ("queued", "running")))
+            if pending and progress:
+                print(f"{experiment}: {pending} of {sum(counts.values())} trials to run", file=sys.stderr, flush=True)
+            bar = _Progress(sum(counts.values()), progress and pending > 0,
+                            (r["key"] for r in db.trials(experiment, FINISHED)))
+            try:
+                if pending and workers == 0:
+                    work(db_path, experiment, opts, on_result=lambda _: bar.update(db, experiment))
+                elif pending:
+                    _supervise(db, db_path, experiment, opts, min(workers or usable_cpus(), usable_cpus(), pending),
+                               bar, poll_s)
+                bar.update(db, experiment)
+            finally:
+                bar.close()
+            return db.results(experiment)
         finally:
-            bar.close()
-        return db.results(experiment)
+            db.end_run(run_key)
 
 
 def _supervise(db: ResultsDB, db_path: str, experiment: str, opts: _Options, n: int, bar: _Progress,

@@ -21,8 +21,9 @@ from typing import Any
 
 from ..registry import optimizer_info
 from . import protocols
+from .names import unknown
 from .records import TrialResult, TrialSpec
-from .workloads import SUITES, get_workload
+from .workloads import SUITES, display_name, get_workload
 
 PROTOCOLS = ("self", "external", "fixed")
 BASELINE = "adamw-tuned"
@@ -43,7 +44,7 @@ TUNED_PATH = Path(__file__).with_name("tuned.json")
 
 def suite_workloads(suite: str) -> list[str]:
     if suite not in SUITES:
-        raise ValueError(f"--suite: unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+        raise ValueError(unknown("suite", suite, SUITES, flag="--suite"))
     return list(SUITES[suite])
 
 
@@ -83,7 +84,7 @@ def build_specs(workloads: Sequence[str], optimizers: Sequence[str], protocol: s
                 hparams: dict[str, Any] | None = None) -> list[TrialSpec]:
     """Trials for one showdown. ``optimizers`` may include ``adamw-tuned`` (the baseline)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol: unknown {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        raise ValueError(unknown("protocol", protocol, PROTOCOLS, flag="--protocol"))
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     for name in optimizers:
@@ -111,12 +112,13 @@ def build_specs(workloads: Sequence[str], optimizers: Sequence[str], protocol: s
 
 
 def workloads_meta(names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Report metadata keyed by the name the trials use (a built-in name or a ``module:Class`` path)."""
+    """Report metadata keyed by the name the trials use (a built-in name or a ``module:Class`` path); ``display``
+    is the workload's own ``name``, which the report shows."""
     out = {}
     for n in dict.fromkeys(names):
         wl = get_workload(n)
         out[n] = {"name": n, "metric": wl.metric, "higher_is_better": wl.higher_is_better, "target": wl.target,
-                  "max_steps": wl.max_steps}
+                  "max_steps": wl.max_steps, "display": display_name(n)}
     return out
 
 

@@ -10,7 +10,12 @@ Guarantees (each is tested):
   older than ``stale_after`` seconds) is put back in the queue and rerun; after ``max_attempts`` deaths it
   is marked ``failed`` instead, so a trial that kills its process cannot loop forever.
 - **Clear errors.** A file that is not SQLite, a truncated/corrupt file, or an SQLite file of another
-  application raises ``ResultsDBError`` naming the path — never a bare ``sqlite3`` traceback.
+  application raises ``ResultsDBError`` naming the path — never a bare ``sqlite3`` traceback. A database
+  that cannot be written (read-only file, folder or file system) is reported as read-only when opened for
+  writing; ``readonly=True`` opens it for reading (reports and listings work on a read-only copy).
+- **One run at a time.** ``begin_run`` records a live run (host, pid, process start time, experiment, command)
+  in the ``meta`` table; a second run on the same database is refused (``RunInProgress`` names the other
+  run's pid) unless it joins explicitly. Records of dead runs (``kill -9``) are dropped when seen.
 
 A worker id is ``"host:pid:token"`` (see ``make_worker_id``); other strings are accepted but then only the
 heartbeat tells whether their owner is alive. Only SQLite's own locking is used, so all processes must be
@@ -27,6 +32,7 @@ import socket
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -67,7 +73,18 @@ CREATE TABLE curves (
 
 
 class ResultsDBError(RuntimeError):
-    """The results database cannot be used (not SQLite, corrupt, foreign, newer schema, locked)."""
+    """The results database cannot be used (not SQLite, corrupt, foreign, newer schema, locked, read-only)."""
+
+
+class RunInProgress(ResultsDBError):
+    """Another live run uses the results database (``runs``: their records, see ``ResultsDB.live_runs``)."""
+
+    def __init__(self, message: str, runs: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.runs = runs
+
+
+RUN_PREFIX = "run:"
 
 
 def make_worker_id() -> str:
@@ -91,6 +108,34 @@ def _pid_alive(pid: int) -> bool:
         return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return True
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux ``/proc``), telling two lives of a pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _run_alive(run: dict[str, Any], host: str) -> bool:
+    """Whether the run recorded as ``run`` still lives (a run on another host is assumed to)."""
+    if run.get("host") != host:
+        return True
+    pid = run.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return False
+    start = run.get("process_start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    """``pid 123 on host (experiment 'x', started 12:00:01, `optfit bench run ...`)``."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.get("started") or 0))
+    command = f", `{run['command']}`" if run.get("command") else ""
+    return (f"pid {run.get('pid')} on {run.get('host')} (experiment {run.get('experiment')!r}, started {when}"
+            f"{command})")
 
 
 def _owner_dead(claimed_by: str | None, host: str) -> bool:
@@ -132,19 +177,23 @@ def spec_from_json(text: str) -> TrialSpec:
 
 
 class ResultsDB:
-    """An optfit results database at ``path`` (created, with its folder, if absent).
+    """An optfit results database at ``path`` (created, with its folder, if absent and ``create``).
 
     ``timeout`` is SQLite's busy timeout in seconds (how long a writer waits for another one);
     ``check=True`` runs ``PRAGMA quick_check`` on open, which detects truncated or damaged files.
+    ``readonly=True`` opens an existing database for reading only (it may lie on a read-only file system);
+    without it a database that cannot be written raises ``ResultsDBError`` saying it is read-only.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, check: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 60.0, check: bool = True,
+                 readonly: bool = False, create: bool = True) -> None:
         self.path = Path(path)
         self.host = socket.gethostname()
+        self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
-        self._sniff()
+        self._sniff(create and not readonly)
         try:
-            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._conn = self._connect(timeout)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             self._open(check)
         except sqlite3.Error as exc:
@@ -155,22 +204,50 @@ class ResultsDB:
             raise
 
     # -- opening -------------------------------------------------------------------------------------------
-    def _sniff(self) -> None:
+    def _sniff(self, create: bool) -> None:
         # Never open() the file from Python: closing any descriptor of a file drops every POSIX lock this
         # process holds on it, including those of our other open connections (SQLite would then delete a WAL
-        # that is still in use). The file's type is learnt through SQLite itself.
+        # that is still in use). The file's type is learnt through SQLite itself; writability through access().
         if self.path.is_dir():
             raise ResultsDBError(f"results database {self.path} is a directory; give a file path")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ResultsDBError(f"cannot create the folder of results database {self.path}: {exc}") from None
+        folder = self.path.parent
+        if not self.path.exists():
+            if not create:
+                raise ResultsDBError(f"results database {self.path} does not exist")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ResultsDBError(f"cannot create the folder of results database {self.path}: {exc}") from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ResultsDBError(f"cannot create results database {self.path}: its folder {folder} is read-only")
+            return
+        if self.readonly:
+            return
+        if not os.access(self.path, os.W_OK):
+            raise ResultsDBError(f"results database {self.path} is read-only (no write permission, or a read-only "
+                                 "file system); a run must write to it: make it writable or copy it elsewhere "
+                                 "(reading it works as it is: `optfit bench report` / `optfit bench list`)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ResultsDBError(f"results database {self.path} is in the read-only folder {folder}: SQLite needs "
+                                 f"to create {self.path.name}-wal and {self.path.name}-shm beside it; make the folder "
+                                 "writable or copy the database elsewhere (reading it works as it is)")
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        if not self.readonly:
+            return sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        if not os.access(self.path.parent, os.W_OK | os.X_OK) and not Path(f"{self.path}-wal").exists():
+            uri += "&immutable=1"  # a read-only folder: no -shm can be made; nothing can change the file either
+        return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
 
     def _error(self, exc: BaseException) -> ResultsDBError:
         text = str(exc)
         if "not a database" in text:
             return ResultsDBError(f"{self.path} is not an optfit results database: it is not an SQLite file (or it "
                                   "is damaged beyond its header); give another --db path or move the file aside")
+        if "readonly" in text or "read-only" in text or "read only" in text:
+            return ResultsDBError(f"results database {self.path} is read-only ({text}); a run must write to it: make "
+                                  "it (and its folder) writable or copy it elsewhere")
         if "locked" in text or "busy" in text:
             return ResultsDBError(f"results database {self.path} stayed locked by another process ({text})")
         return ResultsDBError(f"results database {self.path} is corrupt or unreadable ({type(exc).__name__}: "
@@ -185,6 +262,8 @@ class ResultsDB:
             if tables:
                 raise ResultsDBError(f"{self.path} is an SQLite database of another application (tables: "
                                      f"{', '.join(sorted(tables)[:8])}), not an optfit results database")
+            if self.readonly:
+                raise ResultsDBError(f"{self.path} is empty, not an optfit results database")
             conn.execute("PRAGMA journal_mode = WAL")
             self._create()
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -202,6 +281,9 @@ class ResultsDB:
             if rows != ["ok"]:
                 raise ResultsDBError(f"results database {self.path} is corrupt ({'; '.join(rows)}); move it "
                                      "aside and rerun to start a new one")
+        if self.readonly:
+            conn.execute("PRAGMA query_only = ON")
+            return
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
         conn.execute("PRAGMA foreign_keys = ON")
@@ -392,6 +474,59 @@ class ResultsDB:
                  float(result.optimizer_seconds), int(result.steps), result.error, _dumps(result.extras),
                  worker_id, trial_id))
         return True
+
+    # -- live runs -------------------------------------------------------------------------------------------
+    def _runs(self, conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[str]]:
+        """(live runs, keys of dead ones) among the run records."""
+        live, dead = [], []
+        for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (RUN_PREFIX + "%",)):
+            try:
+                run = json.loads(value)
+            except ValueError:
+                run = {}
+            if isinstance(run, dict) and _run_alive(run, self.host):
+                live.append({**run, "key": key})
+            else:
+                dead.append(key)
+        return sorted(live, key=lambda r: r.get("started") or 0), dead
+
+    def live_runs(self) -> list[dict[str, Any]]:
+        """The runs working on this database now: dicts with ``pid``, ``host``, ``experiment``, ``command``,
+        ``started``, ``key`` (records of dead runs are dropped, unless the database is read-only)."""
+        if self.readonly:
+            try:
+                return self._runs(self.conn)[0]
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+        with self._tx() as conn:
+            live, dead = self._runs(conn)
+            conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in dead])
+        return live
+
+    def begin_run(self, experiment: str, command: str = "", *, join: bool = False) -> tuple[str, list[dict[str, Any]]]:
+        """Record this process as a live run of ``experiment``; returns (its key for ``end_run``, the other live
+        runs). With another live run on the database, ``RunInProgress`` (naming its pid) unless ``join``."""
+        pid = os.getpid()
+        record = {"pid": pid, "host": self.host, "process_start": _process_start(pid), "experiment": experiment,
+                  "command": command, "started": time.time()}
+        key = f"{RUN_PREFIX}{self.host}:{pid}:{secrets.token_hex(4)}"
+        with self._tx() as conn:
+            live, dead = self._runs(conn)
+            conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in dead])
+            if live and not join:
+                others = "; ".join(describe_run(r) for r in live)
+                raise RunInProgress(
+                    f"results database {self.path} is in use by another run: {others}. Two runs on one database share "
+                    f"its CPUs (timings are then inflated) and, on one experiment, its queue. Wait for it to finish, "
+                    f"stop it (kill {live[0]['pid']}), or pass --join (run_experiment(join=True)) to run alongside "
+                    "it on purpose", live)
+            conn.execute("INSERT INTO meta VALUES (?, ?)", (key, _dumps(record)))
+        return key, live
+
+    def end_run(self, key: str) -> None:
+        """Remove the record made by ``begin_run``."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # -- reading ---------------------------------------------------------------------------------------------
     def experiments(self) -> list[dict[str, Any]]:

@@ -35,7 +35,8 @@ KINDS = ("steps", "seconds")
 class WorkloadMeta:
     """What the report needs to know about a workload. ``target=None``: no time-to-target for it.
     ``loss_key``: the lower-is-better curve metric for learned-optimizer metrics (default: ``metric`` if lower is
-    better, else ``"loss"``)."""
+    better, else ``"loss"``). ``display``: what tables show (default ``name``; a ``module:Class`` workload shows
+    its own ``name`` attribute)."""
 
     name: str
     metric: str = "loss"
@@ -44,6 +45,7 @@ class WorkloadMeta:
     max_steps: int = 1000
     max_seconds: float | None = None
     loss_key: str | None = None
+    display: str = ""
 
     @property
     def loss(self) -> str:
@@ -66,7 +68,7 @@ class WorkloadMeta:
             raise ValueError(f"workloads_meta[{wl_name!r}].max_steps must be a positive int, got {max_steps!r}")
         return cls(name=wl_name, metric=str(get("metric", "loss")),
                    higher_is_better=bool(get("higher_is_better", False)), target=None if target is None else float(target), max_steps=max_steps,
-                   max_seconds=get("max_seconds"), loss_key=get("loss_key"))
+                   max_seconds=get("max_seconds"), loss_key=get("loss_key"), display=str(get("display", "") or ""))
 
 
 def normalize_meta(workloads_meta: Any) -> dict[str, WorkloadMeta]:
@@ -184,6 +186,11 @@ class Summary:
     learned_iqm: dict[str, tuple[float, float]] = field(default_factory=dict)
     overhead_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     problems: list[TrialResult] = field(default_factory=list)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def title(self, wl: str) -> str:
+        """The name tables show for workload ``wl``: its ``display`` name, made unique (a clash shows the key)."""
+        return self.titles.get(wl, wl)
 
     @property
     def workloads(self) -> list[str]:
@@ -302,6 +309,9 @@ def summarize(results: Iterable[TrialResult], workloads_meta: Any, baseline: str
     s = Summary(meta=meta, labels=labels, baseline=base, requested_baseline=baseline,
                 groups={k: dict(v) for k, v in groups.items()}, target_workloads=targets)
     s.problems = [r for r in results if r.status != "done"]
+    shown = {w: m.display or w for w, m in meta.items()}
+    clash = {t for t in shown.values() if list(shown.values()).count(t) > 1}
+    s.titles = {w: (t if t not in clash or t == w else f"{t} ({w})") for w, t in shown.items()}
     for kind in KINDS:
         table = TimeTable(kind, {lab: {w: list(unit_times(s.groups[lab].get(w, []), kind).values()) for w in targets}
                                  for lab in labels},

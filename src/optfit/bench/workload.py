@@ -33,6 +33,12 @@ class Workload(ABC):
     - ``target_is_defined``: the target is part of the task's definition (e.g. a relative gap to a known
       optimum), so ``optfit bench targets`` keeps it instead of setting the tuned baseline's median best (which,
       on a convex problem solved to machine precision, would be a target of floating-point noise).
+    - ``datasets``: names of ``optfit data prepare`` datasets the task reads (checked by ``check_data`` before a
+      run starts any trial).
+
+    ``name`` is what tables, figures and progress lines show; a workload given as ``package.module:ClassName``
+    keeps that path in the database (workers import it from there) but is shown by its ``name``.
+    See ``docs/workloads.md`` for a complete example.
     """
 
     name: str = ""
@@ -45,6 +51,20 @@ class Workload(ABC):
     dtype: torch.dtype = torch.float32
     description: str = ""
     target_is_defined: bool = False
+    datasets: tuple[str, ...] = ()
+
+    def check_data(self) -> None:
+        """Raise ``DataMissing`` (naming the command that fetches it) if data this task needs is absent. Cheap:
+        it looks for files and loads nothing; a run calls it once per workload before starting any trial.
+
+        The default checks the ``optfit data`` datasets named in ``datasets`` (under ``self.data_root`` when the
+        workload has one, else the cache of ``optfit data``). A workload with data of its own overrides it."""
+        if not self.datasets:
+            return
+        from .data import require
+
+        for name in self.datasets:
+            require(name, getattr(self, "data_root", None))
 
     def prepare(self) -> None:
         """Load data into memory (raise ``DataMissing`` naming ``optfit data prepare`` if absent).

@@ -149,8 +149,31 @@ class GradientStats:
 
         return {"global": best(ac["global"]), "per_tensor": [best(r) for r in ac["per_tensor"]]}
 
+    def not_ready(self) -> str | None:
+        """Why the global estimates are NaN, or ``None`` when they are available. R(k) needs ``lags + 1``
+        recorded gradients of a tensor, so the first ``lags`` updates give NaN by construction."""
+        if self.steps == 0:
+            return "no gradients recorded yet (call update() after backward, or attach to an optimizer)"
+        if not (self._w > 0).all(dim=1).any():
+            seen = max(int((w > 0).sum()) for w in self._w)
+            if seen == 0:
+                return f"none of the {len(self.params)} parameters had a gradient in {self.steps} update(s)"
+            return (f"needs {self.lags + 1} recorded gradients of a tensor for R(0..{self.lags}) (lags={self.lags}); "
+                    f"has {seen}")
+        r = self.autocorrelation()["global"]
+        if not torch.isfinite(r).all():
+            return "the recorded gradients are not finite"
+        if r[0] <= 0:
+            return "every recorded gradient is zero"
+        return None
+
     def summary(self) -> dict[str, Any]:
-        """Global figures in one dict (for logs and the showdown report)."""
+        """Global figures in one dict (for logs and the showdown report): ``steps``, ``autocorrelation``,
+        ``rho``, ``signal``, ``noise``, ``noise_scale``, ``predicted_beta`` and ``reason``.
+
+        The estimates are NaN until a tensor has ``lags + 1`` recorded gradients (and when the gradients are
+        all zero or not finite); ``reason`` then says which, and is ``None`` once they are available."""
         ac = self.autocorrelation()["global"]
         return {"steps": self.steps, "autocorrelation": ac.tolist(), **self.fit(ac),
-                "noise_scale": self.noise_scale()["global"], "predicted_beta": self.predicted_beta()["global"]}
+                "noise_scale": self.noise_scale()["global"], "predicted_beta": self.predicted_beta()["global"],
+                "reason": self.not_ready()}

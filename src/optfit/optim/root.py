@@ -12,10 +12,15 @@ Only the base is orthogonalised; the outliers are dropped. The quantile is a sel
 interpolation as ``torch.quantile``), so it works on matrices above ``torch.quantile``'s 16M-element limit;
 ``outlier_quantile=1`` disables the clipping. The internal AdamW (``adamw_*``) uses torch's ε convention,
 not the reference's ε added to √v before bias correction.
+
+The paper publishes coefficients for four shapes only. Matrices of other shapes use Muon's; this is said once, on
+the ``optfit.optim.root`` logger (WARNING), when the optimizer is built: one message naming every such shape,
+and never again in the process for those shapes (steps do not log).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,9 +29,12 @@ from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._matrix import ADJUST_LR_FNS, MatrixOptimizer, shape_scale
+from . import newton_schulz
+from ._matrix import ADJUST_LR_FNS, MatrixOptimizer, matrix_shape, shape_scale
 from .muon import check_ns
-from .newton_schulz import orthogonalize
+from .newton_schulz import MUON_COEFFICIENTS, ROOT_COEFFICIENTS, orthogonalize
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["ROOT", "abs_quantile", "clip_outliers"]
 
@@ -75,6 +83,32 @@ class ROOT(MatrixOptimizer):
                                       ns_steps=ns_steps, ns_coefficients=ns_coefficients),
                          adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
                          adamw_weight_decay=adamw_weight_decay, **options)
+        self._report_unfitted_shapes()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if "_root_built" in self.__dict__:  # a group added after construction
+            self._report_unfitted_shapes()
+
+    def _report_unfitted_shapes(self) -> None:
+        """One log message for the matrix shapes without published coefficients, not yet reported in this
+        process; they are marked as reported, so ``orthogonalize`` does not log them again."""
+        self._root_built = True
+        new: list[tuple[int, int]] = []
+        for group in self.param_groups:
+            if group.get("kind") != "matrix" or group.get("ns_coefficients") != "root":
+                continue
+            for p in group["params"]:
+                rows, cols = matrix_shape(p)
+                key = (min(rows, cols), max(rows, cols))
+                if key not in ROOT_COEFFICIENTS and key not in newton_schulz._warned and key not in new:
+                    new.append(key)
+        if new:
+            newton_schulz._warned.update(new)
+            _log.warning("ROOT has no fitted Newton-Schulz coefficients for %d matrix shape(s) (%s); Muon's %s are "
+                         "used for them (the paper publishes %s only)", len(new),
+                         ", ".join(f"{a}x{b}" for a, b in new), MUON_COEFFICIENTS,
+                         ", ".join(f"{a}x{b}" for a, b in ROOT_COEFFICIENTS))
 
     @classmethod
     def _validate(cls, group: dict[str, Any]) -> None:

@@ -86,16 +86,22 @@ def default_root(data_root: str | os.PathLike | None) -> Path | None:
     return None if data_root is None else Path(data_root)
 
 
-def sklearn_table(filename: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features and integer targets of a CSV bundled in scikit-learn's ``datasets/data`` folder
-    (``breast_cancer.csv``: one header line; ``digits.csv.gz``: none), read without importing scikit-learn
-    (its import costs seconds per trial process). ``DataMissing`` if scikit-learn is not installed."""
+def sklearn_path(filename: str) -> Path:
+    """The path of a CSV bundled in scikit-learn's ``datasets/data`` folder, found without importing
+    scikit-learn (its import costs seconds per trial process). ``DataMissing`` if it is not there."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataMissing(f"this workload uses {filename} bundled with scikit-learn: pip install scikit-learn")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / filename
     if not path.exists():
         raise DataMissing(f"{path} not found: this scikit-learn does not bundle {filename}")
+    return path
+
+
+def sklearn_table(filename: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and integer targets of a CSV bundled in scikit-learn (``breast_cancer.csv``: one header line;
+    ``digits.csv.gz``: none), read without importing scikit-learn. ``DataMissing`` if it is not installed."""
+    path = sklearn_path(filename)
     table = np.loadtxt(path, delimiter=",", skiprows=1 if filename == "breast_cancer.csv" else 0, ndmin=2)
     return table[:, :-1], table[:, -1].astype(np.int64)
 

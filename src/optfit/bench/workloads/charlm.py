@@ -63,6 +63,7 @@ class ShakespeareCharLM(Workload):
     evenly spaced held-out windows."""
 
     name = "w6-charlm"
+    datasets = ("shakespeare",)
     description = "char-level pre-LN GPT (2 layers, d 64, ctx 64) on Shakespeare"
     step_hint, max_steps, eval_every = 1000, 1350, 50
     ctx, batch_size, eval_windows = 64, 32, 256

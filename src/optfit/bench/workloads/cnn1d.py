@@ -15,6 +15,7 @@ class MNIST1DCNN(ClassificationWorkload):
     (5,210 parameters); 4,000 training signals, evaluated on the 1,000 test signals."""
 
     name = "w5-cnn1d"
+    datasets = ("mnist1d",)
     description = "1-D CNN (5k params) on MNIST-1D"
     step_hint, max_steps, eval_every = 3300, 4400, 150
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import ClassificationWorkload, seeded, sklearn_table, with_target
+from ._common import ClassificationWorkload, seeded, sklearn_path, sklearn_table, with_target
 
 
 class DigitsMLP(ClassificationWorkload):
@@ -17,6 +17,9 @@ class DigitsMLP(ClassificationWorkload):
     description = "MLP 64-128-10 on sklearn digits (smoke)"
     step_hint, max_steps, eval_every = 420, 560, 20
     batch_size = 64
+
+    def check_data(self) -> None:
+        sklearn_path("digits.csv.gz")
 
     def _load(self):
         pixels, labels = sklearn_table("digits.csv.gz")

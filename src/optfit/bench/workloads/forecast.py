@@ -34,6 +34,7 @@ class SunspotLSTM(Workload):
     by the MSE of the persistence forecast s[t] ≈ s[t-1] on the same targets."""
 
     name = "w7-lstm"
+    datasets = ("sunspots",)
     description = "LSTM(32) one-step forecasting of monthly sunspots"
     step_hint, max_steps, eval_every = 300, 400, 10
     window, batch_size, train_fraction = 64, 64, 0.8

@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import data
 from ..workload import Workload
-from ._common import ClassificationWorkload, default_root, seeded, sklearn_table, with_target
+from ._common import ClassificationWorkload, default_root, seeded, sklearn_path, sklearn_table, with_target
 
 
 def _logreg_objective(w: np.ndarray, x: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, np.ndarray, np.ndarray]:
@@ -70,6 +70,9 @@ class LogisticRegression(Workload):
         self.f_star: float | None = None
         self._xy: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def check_data(self) -> None:
+        sklearn_path("breast_cancer.csv")
+
     def prepare(self) -> None:
         if self._xy is not None:
             return
@@ -114,6 +117,7 @@ class SoftmaxRegression(ClassificationWorkload):
     """W2: multinomial logistic regression 784 -> 10 on MNIST (50k train, evaluated on the 10k validation split)."""
 
     name = "w2-softmax"
+    datasets = ("mnist",)
     description = "softmax regression 784->10 on MNIST"
     step_hint, max_steps, eval_every = 1500, 2000, 80
 

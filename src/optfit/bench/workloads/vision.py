@@ -28,6 +28,7 @@ class FashionMLP(ClassificationWorkload):
     """W3: MLP 784-256-256-10 (ReLU) on Fashion-MNIST (60k train, evaluated on the 10k test set)."""
 
     name = "w3-mlp"
+    datasets = ("fashion-mnist",)
     description = "MLP 784-256-256-10 on Fashion-MNIST"
     step_hint, max_steps, eval_every = 2600, 3500, 100
 
@@ -44,6 +45,7 @@ class FashionCNN(ClassificationWorkload):
     evaluated on a fixed 2,000-image subset of the test set (one evaluation ≈ 0.4 s on one thread)."""
 
     name = "w4-cnn"
+    datasets = ("fashion-mnist",)
     description = "small CNN (52k params) on Fashion-MNIST"
     step_hint, max_steps, eval_every = 3000, 4000, 125
     eval_size = 2000
@@ -64,6 +66,7 @@ class MNISTAutoencoder(Workload):
     mean-squared reconstruction error; evaluated on a fixed 5,000-image subset of the validation split."""
 
     name = "w8-autoencoder"
+    datasets = ("mnist",)
     description = "autoencoder 784-256-32-256-784 on MNIST"
     step_hint, max_steps, eval_every = 1800, 2400, 80
     batch_size = 128
