@@ -85,8 +85,12 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any], name: str, *, n
     ``adamw_betas``, ``adamw_eps``, ``adamw_weight_decay``); ``no_decay`` applies within each part.
     """
     info = optimizer_info(name)
-    accepted = info.defaults
-    unknown = sorted(set(hyperparameters) - set(accepted))
+    accepted = set(info.defaults)
+    # wrappers (SAM, Lookahead) also take their base's hyperparameters; None: the base checks its own keywords
+    widen = getattr(info.cls, "accepted_hyperparameters", None)
+    extra = widen(hyperparameters) if widen is not None else set()
+    accepted = set(hyperparameters) | accepted if extra is None else accepted | extra
+    unknown = sorted(set(hyperparameters) - accepted)
     if unknown:
         raise TypeError(f"{info.name} does not accept {', '.join(map(repr, unknown))}; accepted "
                         f"hyperparameters: {', '.join(sorted(accepted))}")

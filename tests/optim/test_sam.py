@@ -385,3 +385,13 @@ def test_nonfinite_gradient_at_the_perturbed_point_follows_the_base_policy():
             assert opt.skipped_steps == 1
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), k
+
+
+def test_create_optimizer_passes_the_bases_own_hyperparameters():
+    """The factory accepts what the named base accepts (SGD's momentum) and still rejects what neither takes."""
+    model = torch.nn.Linear(3, 2)
+    opt = optfit.create_optimizer(model, "sam", base="sgd", lr=0.1, rho=0.05, momentum=0.9)
+    assert opt.param_groups[0]["momentum"] == 0.9
+    assert optfit.create_optimizer(model, "lookahead", base="sgd", momentum=0.5).param_groups[0]["momentum"] == 0.5
+    with pytest.raises(TypeError, match="nesterov_typo"):
+        optfit.create_optimizer(model, "sam", base="sgd", nesterov_typo=True)
