@@ -502,3 +502,12 @@ def test_progress_on_a_terminal_is_a_tqdm_bar_with_elapsed_time_and_eta(tmp_path
     out = term.getvalue()
     assert re.search(r"trials: +100%\|.*\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ ?s?/?trials?(/s)?\]", out), out
     assert "tiny-regression sgd seed=2 done" in out
+
+
+@pytest.mark.parametrize("base", ["sam", "sophia"])
+def test_lookahead_over_a_closure_or_hessian_base_runs(base):
+    """The runner asks the optimizer instance what it needs: Lookahead over SAM needs a closure, over Sophia (with
+    its graph-based Hutchinson estimate) the gradients' graph; both train."""
+    result = run_trial(spec(optimizer="lookahead", base=base, lr=0.05))
+    assert result.status == "done", result.error
+    assert result.final_metrics["loss"] < result.curve[0].metrics["loss"]

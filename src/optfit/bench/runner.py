@@ -109,8 +109,10 @@ class _Trainer:
 
     def __init__(self, workload: Workload, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  needs_closure: bool, probe: GradientStats | None = None) -> None:
-        self.workload, self.model, self.optimizer, self.needs_closure = workload, model, optimizer, needs_closure
-        self.create_graph = bool(getattr(type(optimizer), "needs_create_graph", False))
+        # the instance may say more than its record: Lookahead needs what its base needs
+        self.workload, self.model, self.optimizer = workload, model, optimizer
+        self.needs_closure = needs_closure or bool(getattr(optimizer, "needs_closure", False))
+        self.create_graph = bool(getattr(optimizer, "needs_create_graph", False))
         self.probe = probe
         self.optimizer_seconds = 0.0
         self.untimed_seconds = 0.0  # the probe's share of a step (wall, CPU), taken off the clocks by run_trial

@@ -49,8 +49,8 @@ def _records(cls: type) -> list:
 def needs_closure(optimizer: Any) -> bool:
     """Whether ``step()`` needs a closure returning the loss (the class's ``needs_closure`` flag, or a registry
     record of its class that says so)."""
-    cls = type(unwrap(optimizer))
-    return bool(getattr(cls, "needs_closure", False)) or any(info.needs_closure for info in _records(cls))
+    opt = unwrap(optimizer)  # the instance, not only its class: Lookahead needs what its base needs
+    return bool(getattr(opt, "needs_closure", False)) or any(info.needs_closure for info in _records(type(opt)))
 
 
 def needs_create_graph(optimizer: Any) -> bool:
@@ -58,7 +58,7 @@ def needs_create_graph(optimizer: Any) -> bool:
     class says ``needs_create_graph`` and, where it can tell, ``next_step_needs_graph()`` (AdaHessian with
     ``update_period > 1`` estimates the Hessian on some steps only)."""
     opt = unwrap(optimizer)
-    if not getattr(type(opt), "needs_create_graph", False):
+    if not getattr(opt, "needs_create_graph", False):
         return False
     due = getattr(opt, "next_step_needs_graph", None)
     return True if due is None else bool(due())

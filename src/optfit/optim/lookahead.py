@@ -270,6 +270,7 @@ class Lookahead(OptimizerWrapper):
         super().__init__(params, base, {"k": k, "alpha": alpha}, base_hparams)
         self.lookahead_steps = 0
         self.needs_closure = bool(getattr(self.base_optimizer, "needs_closure", False))
+        self.needs_create_graph = bool(getattr(self.base_optimizer, "needs_create_graph", False))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         V.integer("k", group["lookahead_k"], minimum=1)
