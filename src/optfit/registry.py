@@ -21,6 +21,8 @@ class OptimizerInfo:
     (factored states count 0; their O(m+n) size is noted in ``description``).
     ``torch_equivalent`` = (torch.optim class name, extra torch kwargs) for the float64 parity test.
     ``test_hparams`` are settings under which the optimizer converges on the conformance quadratic.
+    ``has_betas`` / ``has_momentum``: the param groups have a ``betas`` / ``momentum`` key that an LR scheduler
+    with ``cycle_momentum=True`` (OneCycleLR, CyclicLR) can cycle, with the meaning torch gives it.
     """
 
     name: str
@@ -54,7 +56,7 @@ class OptimizerInfo:
         out = {k: p.default for k, p in inspect.signature(self.cls.__init__).parameters.items()
                if k not in ("self", "params") and p.kind is not inspect.Parameter.VAR_KEYWORD}
         options = getattr(self.cls, "OPTIONS", ())
-        option_defaults = {"cautious": False, "nonfinite": "raise", "impl": "auto", "state_dtype": None,
+        option_defaults = {"cautious": False, "nonfinite": "raise", "impl": "auto", "state_dtype": None, "maximize": False,
                            "grad_filter": None, "decay_mode": getattr(self.cls, "default_decay_mode", None)}
         out.update({k: option_defaults.get(k) for k in options})
         out.update(self.preset)

@@ -184,3 +184,40 @@ def test_nonfinite_hessian_follows_the_policy(policy):
         assert opt.skipped_steps == 1
     assert torch.equal(x, torch.zeros(4, dtype=torch.float64)) and not opt.state[x]
     assert torch.equal(opt.generator.get_state(), gen) and not opt.state_dict()["optfit"]["fosi"]["has_basis"]
+
+
+def test_param_groups_and_defaults_are_the_bases_and_fosis_own_settings_are_attributes():
+    """A group's hyperparameters are the base's and drive it (LR schedulers, cycle_momentum); FOSI's own β
+    (the velocity's momentum), α, k… are optimizer-wide attributes read at every step, so none of them sits in
+    ``defaults`` pretending to be a per-group key that changes nothing."""
+    p = [torch.zeros(3, requires_grad=True)]
+    adam_based = FOSI(p, base="adam")
+    assert adam_based.defaults is adam_based.base.defaults
+    assert not {"momentum", "top_k", "alpha", "base"} & set(adam_based.defaults)
+    runs = {}
+    for change in (None, "group", "attribute"):
+        _, x, opt = _newton_setup(base="sgd", momentum=0.5, base_kwargs={"momentum": 0.9})
+        for t in range(6):
+            if t == 3 and change == "group":
+                opt.param_groups[0]["momentum"] = 0.0  # SGD's momentum: the base's part of the step
+            if t == 3 and change == "attribute":
+                opt.momentum = 0.0  # FOSI's velocity: the Newton part
+            _quad_step(opt, x, torch.diag(LAM))
+        runs[change] = x.detach().clone()
+    assert not torch.equal(runs[None], runs["group"]) and not torch.equal(runs[None], runs["attribute"])
+
+
+def test_maximize_is_newton_on_minus_f():
+    """maximize=True on f equals the default on −f, Lanczos included (the Hessian there is −H)."""
+    A = torch.diag(LAM)
+    runs = []
+    for sign, maximize in ((1.0, True), (-1.0, False)):
+        _, x, opt = _newton_setup(base="adam", maximize=maximize)
+        for _ in range(4):
+            opt.zero_grad()
+            backward(sign * (-0.5 * x @ A @ x), opt)  # f = −½xᵀAx has its maximum at 0
+            opt.step()
+        runs.append(x.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    # Newton on the top-2 eigenpairs of −f's Hessian A (λ = 10, 8: coordinates 0, 1) puts them at the maximum
+    torch.testing.assert_close(runs[0][:2], torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -68,3 +68,18 @@ def test_state_follows_the_options(impl):
 def test_invalid_values_raise(key, value):
     with pytest.raises(ValueError, match=key):
         RMSprop([torch.zeros(2, requires_grad=True)], **{key: value})
+
+
+@IMPLS
+def test_momentum_switched_on_mid_run_starts_from_a_zero_buffer(impl):
+    """A group's momentum may change between steps (schedulers do it): going from 0 to μ creates the buffer at 0,
+    so the first momentum step is the plain step d and the next one μd + d (was KeyError 'momentum_buffer')."""
+    lr, alpha, mu = 0.01, 0.9, 0.5
+    p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = RMSprop([p], lr=lr, alpha=alpha, impl=impl)
+    _updates(opt, p, 2)
+    opt.param_groups[0]["momentum"] = mu
+    d3, d4 = _updates(opt, p, 2)
+    plain = [G / ((1 - alpha**t) ** 0.5 * G.abs() + 1e-8) for t in (3, 4)]
+    torch.testing.assert_close(d3, -lr * plain[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(d4, -lr * (mu * plain[0] + plain[1]), rtol=1e-12, atol=0)

@@ -125,7 +125,9 @@ class GapAdamW(GapAdam):
                          hysteresis=hysteresis, initial=initial, **options)
 
 
-_GAP = dict(family="gap", paper="arXiv:2512.06370", state_tensors=4, has_momentum=True, supports_foreach=False,
+# has_momentum=False: β₁ is chosen among candidates every step, there is no single momentum for an LR scheduler's
+# cycle_momentum to set
+_GAP = dict(family="gap", paper="arXiv:2512.06370", state_tensors=4, has_momentum=False, supports_foreach=False,
             test_hparams={"lr": 0.05})
 register(OptimizerInfo(
     name="gap-adam", cls=GapAdam,

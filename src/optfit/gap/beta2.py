@@ -124,5 +124,6 @@ register(OptimizerInfo(
     name="gap-adamw-beta2", cls=GapAdamWBeta2, family="gap", paper="arXiv:2512.06370 (rule); optfit (β₂ family)",
     description="AdamW choosing β₂ every step among K candidates (default 0.95, 0.99, 0.999) by alignment with the "
                 "gradient per unit update RMS; one first moment, K second moments.",
-    state_tensors=4, has_momentum=True, supports_foreach=False, test_hparams={"lr": 0.05},
+    state_tensors=4, has_momentum=False,  # β₁ is a plain "beta1", no betas/momentum key for cycle_momentum
+    supports_foreach=False, test_hparams={"lr": 0.05},
 ))

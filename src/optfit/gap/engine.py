@@ -319,9 +319,14 @@ class GapOptimizer(ElementwiseOptimizer):
         self._global = selector.Selector.from_state(saved_global) if saved_global else None
 
     def __getstate__(self) -> dict[str, Any]:
-        """What torch.optim pickles (and ``copy.deepcopy`` copies), plus the global selector."""
+        """Every attribute, as the base pickles (and ``copy.deepcopy`` copies) them, the global selector included,
+        less the flat layouts: the per-tensor state is brought up to date first, and a copy builds its own layouts
+        (keyed by the identity of state dicts, which a copy does not keep) at its next step."""
         self._sync_flat()
-        return {**super().__getstate__(), "_global": self._global}
+        state = super().__getstate__()
+        state.pop("_flat_layouts", None)
+        state.pop("_prefetched", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -311,6 +311,7 @@ def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor
     """θ ← θ·decay − s_j for the tensors lo, lo+1, … of the layout (j = js[i]; ``uniform``: all equal); the same
     per-tensor operations as the reference."""
     hi = lo + len(ps)
+    lr = float(c["lr"])  # a 0-d tensor lr (torch allows one) as the Python number the foreach scalars need
     rows, d_views = L.m_rows, L.d_views if kind == "adam" else None
     if lo or hi != L.t:
         rows = [row[lo:hi] for row in rows]
@@ -327,20 +328,20 @@ def apply(opt: Any, kind: str, L: Layout, group: dict[str, Any], ps: list[Tensor
     uniform = uniform or all(j == js[0] for j in js)
     if kind == "adam":
         if uniform:
-            torch._foreach_addcdiv_(ps, rows[js[0]], d_views, -c["lr"] / c["bc1"][js[0]])
+            torch._foreach_addcdiv_(ps, rows[js[0]], d_views, -lr / c["bc1"][js[0]])
         else:
             torch._foreach_addcdiv_(ps, [rows[j][i] for i, j in enumerate(js)], d_views,
-                                    [-c["lr"] / c["bc1"][j] for j in js])
+                                    [-lr / c["bc1"][j] for j in js])
         return
     if group["nesterov"]:
-        torch._foreach_add_(ps, gs, alpha=-c["lr"])
+        torch._foreach_add_(ps, gs, alpha=-lr)
         mus = group["momentum_candidates"]
         for j in sorted(set(js)):
             idx = [i for i, jj in enumerate(js) if jj == j]
-            torch._foreach_add_([ps[i] for i in idx], [rows[j][i] for i in idx], alpha=-c["lr"] * mus[j])
+            torch._foreach_add_([ps[i] for i in idx], [rows[j][i] for i in idx], alpha=-lr * mus[j])
         return
     bufs = rows[js[0]] if uniform else [rows[j][i] for i, j in enumerate(js)]
-    torch._foreach_add_(ps, bufs, alpha=-c["lr"])
+    torch._foreach_add_(ps, bufs, alpha=-lr)
 
 
 # ---------------------------------------------------------------------------------------------- batching

@@ -112,5 +112,6 @@ register(OptimizerInfo(
     name="gap-sgd", cls=GapSGD, family="gap", paper="arXiv:2512.06370",
     description="SGD choosing heavy-ball or Nesterov momentum every step among K candidates (default 0.5, 0.9, "
                 "0.99) by filter-normalised alignment with the gradient; coupled L2.",
-    state_tensors=3, has_momentum=True, supports_foreach=False, test_hparams={"lr": 0.05},
+    state_tensors=3, has_momentum=False,  # the momentum is chosen every step: nothing for cycle_momentum to set
+    supports_foreach=False, test_hparams={"lr": 0.05},
 ))

@@ -23,6 +23,10 @@ Weights (never bundled): ``weights=PATH`` (the file, or a folder holding it), el
 has a gradient at every step): one LSTM state stands for the identical per-tensor copies; a parameter without a
 gradient is skipped (its accumulators and Celo-Adam's bias-correction count do not advance); non-finite
 gradients or losses follow optfit's ``nonfinite`` policy.
+
+``torch.compile(opt.step)`` runs the step eagerly (``torch.compiler.disable``; traced, the step drifted from eager by
+up to 0.24), so a compiled step equals the eager one; ``impl="compiled"`` (Celo) is the supported compiled path.
+``maximize=True`` is refused: the meta-trained rule reads the loss it was trained to minimise.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ class _CeloBase(ElementwiseOptimizer):
     needs_closure = True
     two_pass = True
     supports_complex = False
-    OPTIONS: ClassVar[tuple[str, ...]] = ("nonfinite", "impl", "state_dtype", "grad_filter")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("nonfinite", "impl", "state_dtype", "grad_filter", "maximize")
+    maximize_unsupported = ("was meta-trained to minimise: its learned scheduler reads the loss, so an ascent has no "
+                            "meaning for it (minimise −f instead)")
     IMPLS: ClassVar[tuple[str, ...]] = ("auto", "reference")
 
     def __init__(self, params: Any, lr: float = 1.0, *, total_steps: int = 10_000,
@@ -97,6 +103,7 @@ class _CeloBase(ElementwiseOptimizer):
         return {"lr": group["lr"], "step": step}
 
     # ---------------------------------------------------------------------------------------------- step
+    @torch.compiler.disable  # traced by torch.compile(opt.step) it drifted from eager (up to 0.24): run eagerly
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         """One step. The learned scheduler needs this step's training loss: give a ``closure`` that re-evaluates

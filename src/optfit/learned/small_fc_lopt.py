@@ -447,9 +447,18 @@ class SmallFCLOpt(ElementwiseOptimizer):
                               f"optimizer uses {w.sha256[:12]}… ({group['weights'] or 'packaged file'}); the run will "
                               "not continue bit-exactly", stacklevel=2)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """As the base, less the weights: a copy reloads them from their files (the same bits, and the same
+        memory alignment, so a copy steps exactly as the original; copied tensors may be aligned otherwise)."""
+        state = super().__getstate__()
+        state.pop("_weights_cache", None)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_weights_cache", {})
+        for group in self.param_groups:
+            self._weights_for(group)
 
 
 register(OptimizerInfo(

@@ -16,13 +16,32 @@ Options accepted by every elementwise optimizer (keyword-only, stored per param 
 ``cautious`` (bool), ``nonfinite`` ("raise" | "skip" | "ignore"), ``impl`` ("auto" | "reference" | "foreach" |
 "compiled"), ``state_dtype`` (None = parameter dtype, or "float32": fp32 state and fp32 maths for bf16/fp16
 parameters, rounded once into the parameter), ``grad_filter`` (None | "ema" | "ma" | a dict from
-``grokfast_ema``/``grokfast_ma``), ``decay_mode`` ("coupled" | "decoupled" | "independent").
+``grokfast_ema``/``grokfast_ma``), ``decay_mode`` ("coupled" | "decoupled" | "independent"), ``maximize`` (bool:
+gradient ascent as in torch.optim: the optimizer works with −g, negated once in ``_gather`` before anything else
+sees it, so every statistic, filter, decay and Hessian-vector product is that of −f; classes whose maths read the
+loss itself set ``maximize_unsupported`` to the reason and refuse ``maximize=True``).
+
+The torch.optim contract, kept here once:
+
+* **``initial_lr`` belongs to LR schedulers** (torch sets it with ``setdefault`` when a scheduler is created); the
+  base never presets it. The lr a group had when it was added is recorded under ``LR0`` (``"_lr0"``, saved in
+  the state_dict) and is the η₀ of ``decay_mode="independent"``.
+* **State dicts** say which optimizer wrote them (``sd["optfit"]["optimizer"]``, the class name); loading one
+  written by another class raises ``ValueError``. A state dict without an ``"optfit"`` entry (torch.optim's) loads
+  only where its param-group hyperparameters and per-parameter state keys are this class's (so torch's AdamW
+  loads into ``AdamW``, not into ``Lion``); torch's ``decoupled_weight_decay`` becomes ``decay_mode``, options it
+  lacks keep this optimizer's values, and torch's bookkeeping keys (``foreach``, ``fused``, …) are dropped. A
+  per-parameter ``step`` saved as a Python number (older and foreign checkpoints) becomes the float32 0-d tensor
+  torch uses; a state tensor that a changed hyperparameter newly needs (e.g. RMSprop's momentum buffer when
+  ``momentum`` goes from 0 to 0.9 mid-run) starts at zero.
+* **Pickling / ``copy.deepcopy``** keep every attribute (torch.optim keeps only ``defaults``, ``state`` and
+  ``param_groups``, which loses generators, global scalars and flags); hooks are dropped, as torch does.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +55,31 @@ IMPLS = ("auto", "reference", "foreach", "compiled")
 STATE_DTYPES = (None, "float32")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _COMPILED: dict[tuple[type, str], Callable] = {}
+# the shared options: every param group of every elementwise optimizer holds all of them
+_OPTION_KEYS = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode", "maximize")
+LR0 = "_lr0"  # param-group key: the lr the group had when it was added (η₀ of decay_mode="independent")
+# param-group keys torch.optim writes that optfit does not use (dropped when a torch state dict is loaded), and
+# keys torch's LR schedulers add to param groups (they may sit in any checkpoint)
+_TORCH_BOOKKEEPING = frozenset({"foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+                                "maximize", "params", "param_names"})
+_SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum", "swa_lr"})
+_HOOK_ATTRS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+               "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+               "_optimizer_load_state_dict_post_hooks")
+
+
+def as_number(x: Any) -> Any:
+    """A 0-d tensor hyperparameter (torch allows ``lr`` as a tensor) as a Python number; others unchanged."""
+    return x.item() if isinstance(x, Tensor) and x.numel() == 1 else x
+
+
+def _negated(g: Tensor) -> Tensor:
+    """−g for ``maximize``; a gradient that carries an autograd graph (``create_graph=True``) keeps one, so
+    Hessian-vector products through it are those of −f."""
+    if g.requires_grad:
+        with torch.enable_grad():
+            return torch.neg(g)
+    return torch.neg(g)
 
 
 def _split_names(params: Any) -> tuple[list[Any], dict[int, str]]:
@@ -70,7 +114,8 @@ class ElementwiseOptimizer(Optimizer):
     handles_weight_decay: ClassVar[bool] = False  # the kernel applies weight decay itself (e.g. Adafactor)
     needs_closure: ClassVar[bool] = False
     two_pass: ClassVar[bool] = False  # see _second_pass
-    OPTIONS: ClassVar[tuple[str, ...]] = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode")
+    maximize_unsupported: ClassVar[str | None] = None  # why maximize=True is refused (None: it is supported)
+    OPTIONS: ClassVar[tuple[str, ...]] = _OPTION_KEYS  # the options a user may pass (subclasses may offer fewer)
     IMPLS: ClassVar[tuple[str, ...]] = IMPLS  # the impl values this class accepts (see _offered_impls)
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
@@ -82,7 +127,8 @@ class ElementwiseOptimizer(Optimizer):
         defaults.update(cautious=options.get("cautious", False), nonfinite=options.get("nonfinite", "raise"),
                         impl=options.get("impl", "auto"), state_dtype=options.get("state_dtype"),
                         grad_filter=F.check_filter(options.get("grad_filter")),
-                        decay_mode=options.get("decay_mode", self.default_decay_mode))
+                        decay_mode=options.get("decay_mode", self.default_decay_mode),
+                        maximize=options.get("maximize", False))
         self._check_group(defaults)
         params, names = _split_names(params)
         self._param_names: dict[int, str] = names
@@ -108,12 +154,18 @@ class ElementwiseOptimizer(Optimizer):
         V.choice("impl", group["impl"], self._offered_impls())
         V.choice("state_dtype", group["state_dtype"], STATE_DTYPES)
         V.choice("decay_mode", group["decay_mode"], F.DECAY_MODES)
+        self._check_maximize(group)
         group["grad_filter"] = F.check_filter(group["grad_filter"])
+
+    def _check_maximize(self, group: dict[str, Any]) -> None:
+        V.flag("maximize", group["maximize"])
+        if group["maximize"] and self.maximize_unsupported:
+            raise ValueError(f"Invalid maximize: True ({type(self).__name__} {self.maximize_unsupported})")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault("initial_lr", group["lr"])
+        group.setdefault(LR0, as_number(group["lr"]))  # not "initial_lr": that one is the LR scheduler's
         self._check_group(group)
 
     # ---------------------------------------------------------------------------------- parameter names
@@ -189,9 +241,11 @@ class ElementwiseOptimizer(Optimizer):
         raise NotImplementedError
 
     def _gather(self) -> list[tuple[dict[str, Any], list[tuple[int, Tensor, Tensor]]]]:
+        """(group, [(flat index, param, working gradient)]) for the parameters with a gradient; the working
+        gradient is ``p.grad``, or −``p.grad`` in a ``maximize`` group (``p.grad`` itself is never modified)."""
         work, index = [], 0
         for group in self.param_groups:
-            items = []
+            items, ascend = [], group.get("maximize", False)
             for p in group["params"]:
                 if p.grad is not None:
                     g = p.grad
@@ -201,7 +255,7 @@ class ElementwiseOptimizer(Optimizer):
                     if torch.is_complex(p) and not self.supports_complex:
                         raise RuntimeError(f"{type(self).__name__} does not support complex parameters "
                                            f"({self._describe(index, p)}); split them with torch.view_as_real")
-                    items.append((index, p, g))
+                    items.append((index, p, _negated(g) if ascend else g))
                 index += 1
             work.append((group, items))
         return work
@@ -237,6 +291,9 @@ class ElementwiseOptimizer(Optimizer):
         fp32 copies of low-precision parameters under ``state_dtype="float32"``, gradients cast to the working
         dtype, and the lazy state (``step`` plus ``_init_state``) created at the first step."""
         fp32 = group["state_dtype"] == "float32"
+        # the default _init_state makes exactly _state_keys(group): a key that a hyperparameter changed mid-run
+        # adds (e.g. momentum 0 → 0.9) is made the same way; classes with their own _init_state manage their keys
+        keys = None if type(self)._init_state is ElementwiseOptimizer._init_state else ()
         targets, work_params, grads, states = [], [], [], []
         for _, p, g in items:
             wp, wg = p, g
@@ -251,6 +308,11 @@ class ElementwiseOptimizer(Optimizer):
             if not st:
                 st["step"] = torch.tensor(0.0, dtype=torch.float32)
                 self._init_state(group, wp, st)
+            else:
+                keys = self._state_keys(group) if keys is None else keys
+                for key in keys:
+                    if key not in st:
+                        st[key] = torch.zeros_like(wp, memory_format=torch.preserve_format)
             targets.append(target), work_params.append(wp), grads.append(wg), states.append(st)
         return targets, work_params, grads, states
 
@@ -273,7 +335,7 @@ class ElementwiseOptimizer(Optimizer):
             if loss is not None and "loss" not in c:
                 c["loss"] = float(loss)
             c["decay"] = 1.0 if self.handles_weight_decay else F.decay_multiplier(
-                group["decay_mode"], group["lr"], group.get("weight_decay", 0.0), group["initial_lr"])
+                group["decay_mode"], group["lr"], group.get("weight_decay", 0.0), group[LR0])
             ps = [work_params[i] for i in idx]
             gs = [grads[i] for i in idx]
             sts = [states[i] for i in idx]
@@ -327,14 +389,14 @@ class ElementwiseOptimizer(Optimizer):
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["optfit"] = {"skipped_steps": self.skipped_steps}
+        sd["optfit"] = {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load like torch.optim; tensors of ``state_dtype="float32"`` groups stay float32 for low-precision params."""
+        """Load like torch.optim, after the checks and translations of the module docstring; tensors of
+        ``state_dtype="float32"`` groups stay float32 for low-precision params."""
+        state_dict = self._checked_state_dict(state_dict)
         extra = state_dict.get("optfit", {})
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups' (from state_dict())")
         originals = {k: dict(v) for k, v in state_dict["state"].items()}
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "optfit"})
         self.skipped_steps = int(extra.get("skipped_steps", 0))
@@ -352,11 +414,98 @@ class ElementwiseOptimizer(Optimizer):
                     elif keep_fp32 and p.dtype in _LOW_PRECISION and v.is_floating_point():
                         self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
                 index += 1
+        for st in self.state.values():  # a step saved as a Python number: torch's float32 0-d tensor
+            if isinstance(st, dict) and "step" in st and not isinstance(st["step"], Tensor):
+                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+
+    # ------------------------------------------------------------------------------- state_dict checks
+    def _checked_state_dict(self, state_dict: Any) -> dict[str, Any]:
+        """``state_dict`` checked (shape, writer) and translated (torch.optim's, or missing options) into what
+        torch's ``load_state_dict`` then loads; the caller's dict is not modified."""
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name}.load_state_dict: expected the dict returned by state_dict(), got "
+                            f"{type(state_dict).__name__}")
+        if "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups' (from "
+                             f"state_dict()), got keys {sorted(map(str, state_dict))}")
+        extra = state_dict.get("optfit")
+        if extra is not None and not isinstance(extra, Mapping):
+            raise ValueError(f"{name}.load_state_dict: state_dict['optfit'] must be a dict, got {type(extra).__name__}")
+        writer = None if extra is None else extra.get("optimizer")
+        if writer is not None and writer != name:
+            raise ValueError(f"{name}.load_state_dict: this state dict was written by {writer}, not {name}; its "
+                             f"state and hyperparameters mean something else here (build a {writer} to resume it)")
+        state_dict = dict(state_dict)
+        groups = [dict(g) for g in state_dict["param_groups"]]
+        if extra is None:
+            groups, state_dict["state"] = self._adopt_foreign(groups, state_dict["state"])
+        for ours, theirs in zip(self.param_groups, groups):
+            for key in _OPTION_KEYS:
+                if key in ours and key not in theirs:
+                    theirs[key] = ours[key]
+            if LR0 not in theirs and "lr" in theirs:  # checkpoints from before LR0 preset initial_lr to the lr
+                theirs[LR0] = as_number(theirs.get("initial_lr", theirs["lr"]))
+        state_dict["param_groups"] = groups
+        return state_dict
+
+    def _adopt_foreign(self, groups: list[dict[str, Any]], state: Mapping) -> tuple[list[dict[str, Any]], dict]:
+        """A state dict without optfit's entry (torch.optim's, or another library's): refuse it unless every
+        param group has exactly this optimizer's hyperparameters (up to torch's bookkeeping and LR-scheduler keys)
+        and every per-parameter state only this optimizer's keys; translate torch's ``decoupled_weight_decay``
+        into ``decay_mode``, drop the bookkeeping keys, and give a state without ``step`` (torch's SGD keeps
+        none) the step count 1 (its buffers exist, so at least one step was taken)."""
+        name = type(self).__name__
+        options = set(_OPTION_KEYS)
+        hint = ("this state dict has no 'optfit' entry (torch.optim's, or another library's), so it loads only "
+                "into the optimizer of the same maths")
+        index_group: dict[Any, dict[str, Any]] = {}
+        for i, (ours, theirs) in enumerate(zip(self.param_groups, groups)):
+            hyper = (set(ours) & set(self.defaults)) - options - {LR0}
+            missing = sorted(hyper - set(theirs))
+            extra = sorted(set(theirs) - set(ours) - _TORCH_BOOKKEEPING - _SCHEDULER_KEYS - {LR0})
+            if missing or extra:
+                detail = "; ".join(x for x in (missing and f"it lacks {missing}", extra and f"it has {extra}") if x)
+                raise ValueError(f"{name}.load_state_dict: {hint}; param group {i} is not {name}'s ({detail})")
+            flag = theirs.get("decoupled_weight_decay")
+            if isinstance(flag, bool) and "decay_mode" in ours and "decay_mode" not in theirs:
+                theirs["decay_mode"] = "decoupled" if flag else "coupled"
+            for key in _TORCH_BOOKKEEPING - {"params", "param_names"} - set(ours):
+                theirs.pop(key, None)
+            for pid in theirs.get("params", ()):
+                index_group[pid] = {**ours, **theirs}
+        adopted = {}
+        for pid, st in state.items():
+            st = dict(st) if isinstance(st, Mapping) else st
+            group = index_group.get(pid)
+            if group is not None and isinstance(st, dict):
+                allowed = set(self._state_keys(group)) | {"step"}
+                unknown = sorted(set(map(str, st)) - allowed)
+                if unknown:
+                    raise ValueError(f"{name}.load_state_dict: {hint}; the state of parameter {pid} holds "
+                                     f"{unknown}, which {name} does not keep (it keeps {sorted(allowed)})")
+                if st and "step" not in st:
+                    st["step"] = torch.tensor(1.0, dtype=torch.float32)
+            adopted[pid] = st
+        return groups, adopted
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Every attribute (torch.optim keeps only defaults, state and param_groups), less the hooks; parameter
+        names by position (they are keyed by identity, which a copy does not keep)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in _HOOK_ATTRS and k != "_param_names"}
+        names = self.__dict__.get("_param_names", {})
+        state["_param_names_by_position"] = [names.get(id(p)) for g in self.param_groups for p in g["params"]]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        by_position = state.pop("_param_names_by_position", None)
         super().__setstate__(state)
         self.__dict__.setdefault("_param_names", {})
         self.__dict__.setdefault("skipped_steps", 0)
+        if by_position is not None:
+            params = [p for g in self.param_groups for p in g["params"]]
+            self._param_names = {id(p): n for p, n in zip(params, by_position) if n is not None}
 
 
 def _scalar_tensors(c: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Cross-cutting features, each defined once and used by every elementwise optimizer.
 
-* **Weight decay** (``decay_mode``), with ``η`` the scheduled lr, ``η₀`` the group's initial lr:
+* **Weight decay** (``decay_mode``), with ``η`` the scheduled lr, ``η₀`` the lr the group had when it was added
+  to the optimizer (kept in the group as ``"_lr0"``, saved in the state_dict; not ``initial_lr``, which belongs to
+  LR schedulers):
 
   - ``"coupled"``     L2: ``g ← g + λθ`` before any moment update (torch ``Adam``).
   - ``"decoupled"``   ``θ ← θ(1 − ηλ)`` (Loshchilov & Hutter, arXiv 1711.05101; torch ``AdamW``).
@@ -35,13 +37,14 @@ NONFINITE_POLICIES = ("raise", "skip", "ignore")
 
 
 # ----------------------------------------------------------------------------------------- weight decay
-def decay_multiplier(mode: str, lr: float, weight_decay: float, initial_lr: float) -> float:
-    """The factor ``θ`` is multiplied by for the multiplicative decay modes (1.0 when there is none)."""
+def decay_multiplier(mode: str, lr: float, weight_decay: float, lr0: float) -> float:
+    """The factor ``θ`` is multiplied by for the multiplicative decay modes (1.0 when there is none); ``lr0`` is
+    the group's η₀ (see the module docstring)."""
     if weight_decay == 0 or mode == "coupled":
         return 1.0
     if mode == "decoupled":
         return 1.0 - lr * weight_decay
-    return 1.0 - weight_decay * (lr / initial_lr if initial_lr > 0 else 0.0)
+    return 1.0 - weight_decay * (lr / lr0 if lr0 > 0 else 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ caution

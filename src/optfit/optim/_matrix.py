@@ -28,7 +28,7 @@ extra memory); ``"reference"`` is a plain loop over parameters, the same kernel 
 copies are pure cost (the stacks measured 5–25 % slower there), and the stacks otherwise (1.3–4× faster
 with 2 CPU threads; on accelerators they save kernel launches, not measured here). See
 ``benchmarks/matrix_step.py``. Options: ``nonfinite``, ``impl``, ``state_dtype``,
-``decay_mode`` as in ``ElementwiseOptimizer``; complex parameters are rejected.
+``decay_mode``, ``maximize`` as in ``ElementwiseOptimizer``; complex parameters are rejected.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ from torch import Tensor
 
 from . import _features as F
 from . import _validation as V
-from ._base import ElementwiseOptimizer
+from ._base import LR0, ElementwiseOptimizer
 from ._moments import adam_moments, adam_moments_foreach, adam_step, adam_step_foreach
 
 KINDS = ("matrix", "adamw")
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 _ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
-_SHARED = ("nonfinite", "impl", "state_dtype", "decay_mode", "cautious", "grad_filter", "initial_lr")
+_SHARED = ("nonfinite", "impl", "state_dtype", "decay_mode", "cautious", "grad_filter", "maximize", LR0)
 MAX_STACK_NUMEL = 1 << 26  # a stack holds at most this many elements (256 MB in fp32) to bound peak memory
 
 
@@ -70,7 +70,7 @@ class MatrixOptimizer(ElementwiseOptimizer):
     """Base class: a subclass sets ``matrix_state`` (its per-parameter state names), ``_validate`` (its
     hyperparameters) and ``_kernel``; routing, batching, decay and the AdamW part are here."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("nonfinite", "impl", "state_dtype", "decay_mode")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("nonfinite", "impl", "state_dtype", "decay_mode", "maximize")
     IMPLS: ClassVar[tuple[str, ...]] = ("auto", "reference", "foreach")
     supports_complex: ClassVar[bool] = False
     routes_params: ClassVar[bool] = True  # create_optimizer(model, ...) splits the model with split_params
@@ -124,6 +124,7 @@ class MatrixOptimizer(ElementwiseOptimizer):
         V.choice("impl", group["impl"], self._offered_impls())
         V.choice("state_dtype", group["state_dtype"], (None, "float32"))
         V.choice("decay_mode", group["decay_mode"], F.DECAY_MODES)
+        self._check_maximize(group)
 
     # ------------------------------------------------------------------------------------------ routing
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -204,7 +205,7 @@ class MatrixOptimizer(ElementwiseOptimizer):
             grads = torch._foreach_add(grads, params, alpha=wd)
         torch._foreach_add_([st["step"] for st in states], 1.0)
         directions = self._directions_by_shape(group, grads, states)
-        decay = F.decay_multiplier(group["decay_mode"], lr, wd, group["initial_lr"])
+        decay = F.decay_multiplier(group["decay_mode"], lr, wd, group[LR0])
         for p, d in zip(params, directions):
             if decay != 1.0:
                 p.mul_(decay)

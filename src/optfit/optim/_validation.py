@@ -51,8 +51,12 @@ def beta(name: str, value: Any) -> float:
 
 
 def betas(value: Any, n: int = 2, name: str = "betas") -> tuple[float, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != n:
-        raise ValueError(f"Invalid {name}: {value!r} (expected a tuple of {n} numbers in [0, 1))")
+    """A tuple (or list) of exactly ``n`` EMA coefficients, each in [0, 1)."""
+    want = f"expected a tuple of {n} numbers in [0, 1)"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"Invalid {name}: {value!r} ({want}, got {type(value).__name__})")
+    if len(value) != n:
+        raise ValueError(f"Invalid {name}: {value!r} ({want}, got {len(value)})")
     return tuple(beta(f"{name}[{i}]", b) for i, b in enumerate(value))
 
 
@@ -75,10 +79,11 @@ def integer(name: str, value: Any, minimum: int = 0) -> int:
 
 
 _STANDARD = {"lr": nonneg, "eps": nonneg, "weight_decay": nonneg, "momentum": nonneg,
-             "betas": lambda name, value: betas(value, len(value) if isinstance(value, Sequence) else 2, name)}
+             "betas": lambda name, value: betas(value, 2, name)}
 
 
 def standard(group: dict[str, Any], *keys: str) -> None:
-    """Check the hyperparameters every family shares (``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``)."""
+    """Check the hyperparameters every family shares (``lr``, ``betas`` = (β₁, β₂), ``eps``, ``weight_decay``,
+    ``momentum``); optimizers with another number of betas call ``betas(value, n)`` themselves."""
     for key in keys:
         _STANDARD[key](key, group[key])

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._base import ElementwiseOptimizer
+from ._base import LR0, ElementwiseOptimizer
 from ._moments import adam_moments, adam_moments_foreach
 
 __all__ = ["AdaBound"]
@@ -51,7 +51,7 @@ class AdaBound(ElementwiseOptimizer):
 
     def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
         lr, (b1, b2), gamma = group["lr"], group["betas"], group["gamma"]
-        lr0 = group.get("initial_lr", lr)
+        lr0 = group[LR0]  # the lr at construction, as the reference's base_lr
         ratio = lr / lr0 if lr0 > 0 else float(lr > 0)
         target = group["final_lr"] * ratio
         return {"b1": b1, "b2": b2, "eps": group["eps"],

@@ -147,6 +147,7 @@ register(OptimizerInfo(
     name="adafactor", cls=Adafactor, family="adaptive", paper="arXiv:1804.04235",
     description="Adafactor: factored second moment (O(m+n) per m×n matrix, full for vectors), relative step "
                 "sizes, update clipping, optional β₁ momentum; relative_step=True ignores lr.",
-    state_tensors=0, has_momentum=True, supports_complex=False, supports_foreach=False,
+    state_tensors=0, has_momentum=False,  # the optional β₁ is "beta1" (None by default), not betas/momentum
+    supports_complex=False, supports_foreach=False,
     test_hparams={"relative_step": False, "lr": 0.1},
 ))

@@ -14,6 +14,9 @@ gradient ``δ = ∂L/∂out``, during the forward/backward that precedes step ``
 
 with ``MinMax(x) = (x − min x) / (max x − min x + 1e-6)`` and no square root on ``F̃`` (as released). Parameters
 outside supported layers get ``F̃ = 1``: without a ``model`` AdaFisher is exactly bias-corrected EMA-momentum SGD.
+That update is still well defined (momentum, decay, state_dict and resume stay correct), so bare parameters are
+accepted, with an ``AdaFisherWithoutModelWarning`` (also when a model is given but none of its supported layers owns
+a parameter); what cannot work without the hooks raises: loading a state that holds curvature factors.
 
 Supported layers (``isinstance``): ``nn.Linear`` (rows = all leading dims), ``nn.Conv2d`` (rows = batch × output
 positions × groups; ``ā`` is the im2col patch with padding, stride and dilation), ``nn.BatchNorm2d`` and
@@ -29,6 +32,8 @@ Statistics of every grad-enabled forward/backward since the last step are averag
 activation checkpointing and reused layers are fine) and folded into H, S at ``step()``, after the non-finite
 check; the hooks keep only O(in+out) sums, never activations. In-place ops after a layer are fine (the output
 gradient is taken by a tensor hook on the layer's output). ``remove_hooks()`` detaches them and freezes H, S.
+The hooks are picklable objects holding a weak reference to the optimizer: ``copy.deepcopy((model, opt))`` and
+pickling the pair give a copy whose model feeds the copied optimizer.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
 
-__all__ = ["AdaFisher", "AdaFisherW"]
+__all__ = ["AdaFisher", "AdaFisherW", "AdaFisherWithoutModelWarning"]
 
 SUPPORTED_MODULES = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.LayerNorm)
 FACTOR_EMAS = ("released", "standard")
@@ -63,6 +68,11 @@ def _minmax(x: Tensor) -> Tensor:
     x = torch.where(x == math.inf, torch.ones_like(x), x)
     lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo + _MINMAX_EPS)
+
+
+class AdaFisherWithoutModelWarning(UserWarning):
+    """AdaFisher preconditions no parameter (no ``model``, or no supported layer of it owns one): it runs as
+    bias-corrected momentum SGD."""
 
 
 class _Layer:
@@ -188,6 +198,21 @@ class AdaFisher(ElementwiseOptimizer):
         self._model = model
         if model is not None:
             self._attach()
+        self._warn_if_unpreconditioned()
+
+    def _warn_if_unpreconditioned(self) -> None:
+        name = type(self).__name__
+        same = "every parameter gets F̃ = 1: the update is plain bias-corrected momentum SGD"
+        if self._model is None:
+            message = (f"{name} was given parameters but no model, so it cannot hook the layers its Fisher is built "
+                       f"from; {same}. Pass model= (optfit.create_optimizer(model, ...) does), or the model itself")
+        elif not self._layers:
+            kinds = ", ".join(t.__name__ for t in SUPPORTED_MODULES)
+            message = (f"{name} hooks no layer of the given model (it preconditions {kinds} layers that own its "
+                       f"parameters, untied); {same}")
+        else:
+            return
+        warnings.warn(message, AdaFisherWithoutModelWarning, stacklevel=3)
 
     def _init_fisher_attrs(self) -> None:
         self._layers: list[_Layer] = []
@@ -223,7 +248,7 @@ class AdaFisher(ElementwiseOptimizer):
                 found.append((name, module, roles))
                 for p in roles.values():
                     owners[id(p)] = owners.get(id(p), 0) + 1
-        ref = weakref.ref(self)
+        ref = _WeakOwner(self)
         for name, module, roles in found:
             ps = list(roles.values())
             if any(owners[id(p)] > 1 or id(p) in self._roles for p in ps):
@@ -234,7 +259,7 @@ class AdaFisher(ElementwiseOptimizer):
                 continue  # complex layers: plain momentum
             key = min(index[id(p)] for p in ps)
             layer = _Layer(name or type(module).__name__, module, roles, key, group_of[id(flat[key])])
-            layer.handles.append(module.register_forward_hook(_forward_hook(ref, layer), with_kwargs=True))
+            layer.handles.append(module.register_forward_hook(_ForwardHook(ref, layer), with_kwargs=True))
             self._layers.append(layer)
             for role, p in roles.items():
                 self._roles[id(p)] = (layer, role)
@@ -414,9 +439,13 @@ class AdaFisher(ElementwiseOptimizer):
                         t.to(device=ref.device, dtype=_stat_dtype(ref), copy=True))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled or deep-copied (with the model, whose hooks then feed this copy): the parameter → layer map is
+        keyed by identity, so it is rebuilt from the layers."""
         super().__setstate__(state)
         if "_layers" not in self.__dict__:
             self._init_fisher_attrs()
+        self._roles = {id(p): (layer, role) for layer in self._layers for role, p in layer.roles.items()}
+        self._fisher_now = {}
 
 
 class AdaFisherW(AdaFisher):
@@ -425,9 +454,37 @@ class AdaFisherW(AdaFisher):
     default_decay_mode = "decoupled"
 
 
-def _forward_hook(ref: weakref.ref, layer: _Layer):
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        opt = ref()
+def _nobody() -> None:
+    return None
+
+
+class _WeakOwner:
+    """A weak reference to the optimizer that survives pickling and ``copy.deepcopy`` (a plain ``weakref.ref``
+    does not): copied with the optimizer, it points at the copy; copied without it, at a copy nobody holds, so the
+    copied hooks do nothing."""
+
+    def __init__(self, owner: Any) -> None:
+        self._ref = weakref.ref(owner)
+
+    def __call__(self) -> Any:
+        return self._ref()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"owner": self._ref()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owner = state["owner"]
+        self._ref = weakref.ref(owner) if owner is not None else _nobody
+
+
+class _ForwardHook:
+    """The forward hook of one layer (a class, not a closure, so that a hooked model pickles and deep-copies)."""
+
+    def __init__(self, ref: _WeakOwner, layer: _Layer) -> None:
+        self.ref, self.layer = ref, layer
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        opt, layer = self.ref(), self.layer
         if opt is None or not torch.is_grad_enabled() or not opt._collecting(layer):
             return
         x = args[0] if args else kwargs.get("input")
@@ -435,12 +492,10 @@ def _forward_hook(ref: weakref.ref, layer: _Layer):
             return
         layer.add("H", *layer.input_stats(x))
         if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(_grad_hook(ref, layer))
-
-    return hook
+            output.register_hook(_grad_hook(self.ref, layer))
 
 
-def _grad_hook(ref: weakref.ref, layer: _Layer):
+def _grad_hook(ref: _WeakOwner, layer: _Layer):
     def hook(grad: Tensor) -> None:
         opt = ref()
         if opt is not None and layer.handles:
@@ -451,7 +506,8 @@ def _grad_hook(ref: weakref.ref, layer: _Layer):
 
 _DOC = ("momentum divided by a diagonal K-FAC Fisher kron(H, S) + λ from hooks on Linear/Conv2d/BatchNorm2d/"
         "LayerNorm (pass the model; O(in+out) per layer); other params: momentum SGD")
-_COMMON = dict(family="curvature", paper="arXiv:2405.16397", state_tensors=1, has_momentum=True,
+# has_momentum=False: the momentum is "beta" (the released name), not a betas/momentum key cycle_momentum can set
+_COMMON = dict(family="curvature", paper="arXiv:2405.16397", state_tensors=1, has_momentum=False,
                test_hparams={"lr": 0.1, "damping": 1.0, "t_cov": 5})
 register(OptimizerInfo(name="adafisher", cls=AdaFisher, description=f"AdaFisher: {_DOC}; coupled L2 decay.",
                        **_COMMON))

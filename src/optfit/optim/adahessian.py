@@ -21,6 +21,11 @@ reference indexes gradients per group), and there is no multi-GPU averaging (the
 Decay is decoupled by default (the reference folds ηλθ into the step, which is the same update); with
 ``decay_mode="coupled"`` the L2 term is part of the objective, so its curvature λ enters D = |z⊙Hz + λ|.
 Non-finite Hessian estimates follow the ``nonfinite`` policy like gradients (``skip`` rewinds the generator).
+``maximize=True``: the gradients are negated with their graph, so the HVP is that of −f (D = |z⊙(−H)z + λ|).
+
+``torch.compile(opt.step)`` runs this step eagerly (``torch.compiler.disable``): traced, the Hessian pass's
+hand-off of D between the two halves of the step is lost and v stays 0 (steps of lr/ε); a compiled step is
+therefore the eager one, bit for bit (``fullgraph=True`` refuses it with dynamo's error).
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ class AdaHessian(ElementwiseOptimizer):
         return steps
 
     # ------------------------------------------------------------------------------------ the Hessian pass
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; the gradients (from ``closure`` if given) must come from ``backward(create_graph=True)``."""
@@ -139,9 +145,9 @@ class AdaHessian(ElementwiseOptimizer):
         finally:
             self._hessians, self._hessians_by_state = {}, {}
         for _, items in work:
-            for _, p, g in items:
-                if p.grad is g and g.requires_grad:
-                    p.grad = g.detach()
+            for _, p, _ in items:
+                if p.grad is not None and p.grad.requires_grad:
+                    p.grad = p.grad.detach()
         return loss
 
     def _estimate(self, work: list) -> bool:

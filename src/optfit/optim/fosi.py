@@ -26,6 +26,13 @@ Newton step (1/|λ| would explode); Lanczos stops early on an invariant subspace
 non-finite Hessian follows the ``nonfinite`` policy like a gradient. The Lanczos start vector comes from a CPU
 generator seeded by ``seed`` whose state is in the state_dict.
 
+``maximize=True`` (passed to the base) works with −f throughout: the gradients are negated with their graph, so
+Lanczos sees the Hessian of −f too. k, ℓ, α, β, ``momentum_style`` and ``lr_clip`` are optimizer-wide (the
+velocity lives in the eigen-coordinates of all parameters together): they are attributes (``opt.momentum``,
+``opt.alpha``, …, read at every step), not param-group keys; ``param_groups`` and ``defaults`` are the base's, so an LR scheduler
+(``cycle_momentum`` too) drives the base, and the Newton part follows the lr ratio η/η₀. The base's step runs
+inside FOSI's without its hooks (step, state-dict and load hooks registered on FOSI run once, on FOSI).
+
 Weight decay belongs in the loss (add ½λ‖θ‖² to it): decay done by the base would make the eigen-estimates refer
 to another objective, so the base gets ``weight_decay=0`` unless ``base_kwargs`` says otherwise. Memory: k+ℓ
 parameter-sized rows (``fosi_V``, one slice per parameter) + the base's state + a transient 4(k+ℓ)×P Lanczos basis
@@ -45,7 +52,7 @@ from torch.optim import Optimizer
 from . import _hvp
 from . import _validation as V
 from ..registry import OptimizerInfo, optimizer_info, register
-from ._base import _LOW_PRECISION, ElementwiseOptimizer
+from ._base import _HOOK_ATTRS, _LOW_PRECISION, LR0, ElementwiseOptimizer
 
 __all__ = ["FOSI"]
 
@@ -61,14 +68,24 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _step_without_hooks(opt: Optimizer) -> Any:
+    """``opt.step()`` without the step hooks torch wraps around it (its own and the global ones): the inner
+    optimizer's step is part of FOSI's, whose hooks run once around the whole."""
+    step = type(opt).step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step(opt)
+
+
 class FOSI(Optimizer):
     """FOSI around a registered base optimizer (``base``, ``base_kwargs``); ``lr`` and the options ``nonfinite``,
-    ``impl``, ``state_dtype`` go to the base. ``param_groups`` and ``state`` are the base's own."""
+    ``impl``, ``state_dtype``, ``maximize`` go to the base. ``param_groups``, ``defaults`` and ``state`` are the
+    base's own."""
 
     needs_create_graph = True
     needs_closure = False
     supports_complex = False
-    OPTIONS = ("nonfinite", "impl", "state_dtype")
+    OPTIONS = ("nonfinite", "impl", "state_dtype", "maximize")
 
     def __init__(self, params: Any, lr: float | None = None, base: str = "adam", base_kwargs: dict | None = None,
                  top_k: int = 5, bottom_l: int = 0, update_freq: int = 100, warmup: int | None = None,
@@ -116,9 +133,7 @@ class FOSI(Optimizer):
         super().__init__(self.base.param_groups, {})
         self._building = False
         self._share_base()
-        self.defaults = {**self.base.defaults, "base": info.name, "top_k": top_k, "bottom_l": bottom_l,
-                         "update_freq": update_freq, "warmup": warmup, "alpha": alpha, "momentum": momentum,
-                         "momentum_style": momentum_style, "lr_clip": self.lr_clip, "seed": seed}
+        self.defaults = self.base.defaults  # the param groups are the base's: so are their defaults
 
     def _offered_impls(self) -> tuple[str, ...]:
         """``impl`` belongs to the base optimizer."""
@@ -205,15 +220,15 @@ class FOSI(Optimizer):
                 self.generator.set_state(saved)
                 raise
         if new_basis is None and not self._fosi["has_basis"]:
-            base.step()
+            _step_without_hooks(base)
         else:
             self._fosi_step(items, new_basis)
         self._fosi["step"] = t
         if m:
             self._allocate(items, new_basis)
-        for _, _, p, g in items:
-            if p.grad is g and g.requires_grad:
-                p.grad = g.detach()  # frees the graph, breaks the param ↔ grad cycle of create_graph
+        for _, _, p, _ in items:
+            if p.grad is not None and p.grad.requires_grad:
+                p.grad = p.grad.detach()  # frees the graph, breaks the param ↔ grad cycle of create_graph
         return loss
 
     def _estimate(self, items: list) -> dict[int, Tensor]:
@@ -292,25 +307,26 @@ class FOSI(Optimizer):
         st["velocity"] = u
         newton = st["inv_eig"].to(device) * u
         before = [p.detach().clone() for _, p, _, _ in rows]
+        originals = [p.grad for _, p, _, _ in rows]
         try:
-            for _, p, g, vp in rows:
+            for (group, p, g, vp), orig in zip(rows, originals):
                 if vp is not None:  # g₂ = g − Vᵀc, one fused pass
                     g2 = torch.addmv(g.reshape(-1).to(vp.dtype), vp.T, coef.to(device=vp.device, dtype=vp.dtype),
-                                     alpha=-1)
-                    p.grad = g2.reshape(p.shape).to(g.dtype)
+                                     alpha=-1).reshape(p.shape).to(g.dtype)
+                    p.grad = g2.neg_() if group["maximize"] else g2  # g is −∇f there; the base negates it back
                 else:
-                    p.grad = g.detach()
-            self.base.step()
+                    p.grad = orig.detach()
+            _step_without_hooks(self.base)
         finally:
-            for _, p, g, _ in rows:
-                p.grad = g
+            for (_, p, _, _), orig in zip(rows, originals):
+                p.grad = orig
         deltas = [(p.detach().to(_compute_dtype(p)) - b.to(_compute_dtype(p))) for (_, p, _, _), b in zip(rows, before)]
         inside = project(deltas)
         s = st["scaling"]
         for (group, p, _, vp), b, d in zip(rows, before, deltas):
             if vp is None:
                 continue
-            initial = group.get("initial_lr", group["lr"])
+            initial = group[LR0]
             rho = group["lr"] / initial if initial > 0 else 0.0
             mix = -s * inside - self.alpha * rho * newton  # along V: drop the base's part, add Newton's
             new = d.mul_(s).add_(b).reshape(-1)  # θ_before + s·d_base, then + Vᵀ mix in place
@@ -331,26 +347,65 @@ class FOSI(Optimizer):
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The base's state_dict (``fosi_V`` sits in the per-parameter state) plus FOSI's own under
-        ``["optfit"]["fosi"]``, the Lanczos generator included."""
+        ``["optfit"]["fosi"]``, the Lanczos generator included; FOSI's state-dict hooks run around it."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         sd = self.base.state_dict()
         f = self._fosi
-        sd["optfit"]["fosi"] = {"step": f["step"], "has_basis": f["has_basis"], "scaling": f["scaling"],
-                                "eigenvalues": f["eigenvalues"].cpu().clone(), "inv_eig": f["inv_eig"].cpu().clone(),
-                                "velocity": f["velocity"].cpu().clone(), "generator": self.generator.get_state()}
+        sd["optfit"] = {**sd["optfit"], "optimizer": type(self).__name__}
+        sd["optfit"]["fosi"] = {"base": type(self.base).__name__, "step": f["step"], "has_basis": f["has_basis"],
+                                "scaling": f["scaling"], "eigenvalues": f["eigenvalues"].cpu().clone(),
+                                "inv_eig": f["inv_eig"].cpu().clone(), "velocity": f["velocity"].cpu().clone(),
+                                "generator": self.generator.get_state()}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``FOSI.state_dict()`` (one written by another optimizer, or around another base, is refused);
+        FOSI's load hooks run around it."""
+        if isinstance(state_dict, dict):
+            state_dict = dict(state_dict)
+            for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+                result = pre_hook(self, state_dict)
+                if result is not None:
+                    state_dict = result
+        extra = state_dict.get("optfit") if isinstance(state_dict, dict) else None
+        if isinstance(state_dict, dict) and extra is None:
+            raise ValueError("FOSI.load_state_dict: this state dict has no 'optfit' entry (torch.optim's, or another "
+                             "library's); torch.optim has no FOSI, so it cannot be resumed here")
+        saved = extra.get("fosi") if isinstance(extra, dict) else None
+        if isinstance(extra, dict):
+            writer = extra.get("optimizer")
+            if writer is not None and writer != type(self).__name__:
+                raise ValueError(f"FOSI.load_state_dict: this state dict was written by {writer}, not FOSI (build a "
+                                 f"{writer} to resume it)")
+            # the base checks the rest: its own class against the one FOSI ran around
+            base_writer = saved.get("base") if isinstance(saved, dict) else None
+            state_dict = {**state_dict, "optfit": {**extra, "optimizer": base_writer}}
         self.base.load_state_dict(state_dict)
         self._share_base()
-        saved = state_dict.get("optfit", {}).get("fosi")
         if saved is None:
             self._fosi = self._fresh_state()
-            return
-        self._fosi = {"step": int(saved["step"]), "has_basis": bool(saved["has_basis"]),
-                      "scaling": float(saved["scaling"]),
-                      **{k: saved[k].to(dtype=torch.float64, device="cpu").clone()
-                         for k in ("eigenvalues", "inv_eig", "velocity")}}
-        self.generator.set_state(saved["generator"].to(device="cpu", dtype=torch.uint8))
+        else:
+            self._fosi = {"step": int(saved["step"]), "has_basis": bool(saved["has_basis"]),
+                          "scaling": float(saved["scaling"]),
+                          **{k: saved[k].to(dtype=torch.float64, device="cpu").clone()
+                             for k in ("eigenvalues", "inv_eig", "velocity")}}
+            self.generator.set_state(saved["generator"].to(device="cpu", dtype=torch.uint8))
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Every attribute (the base, the generator, FOSI's own state), less the hooks, as the optfit base does."""
+        return {k: v for k, v in self.__dict__.items() if k not in _HOOK_ATTRS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "base" in self.__dict__:
+            self._share_base()
 
 
 register(OptimizerInfo(

@@ -109,5 +109,6 @@ class Gravity(ElementwiseOptimizer):
 register(OptimizerInfo(
     name="gravity", cls=Gravity, family="first-order", paper="arXiv:2101.09192",
     description="Gravity: EMA velocity (β̂ = (βk+1)/(k+2)) of g/(1 + (g·max|g|)²); seeded random v₀ ~ N(0, (α/η)²).",
-    state_tensors=1, has_momentum=True, test_hparams={"lr": 1.0},
+    state_tensors=1, has_momentum=False,  # "beta" only bounds β̂ = (βk+1)/(k+2): not a momentum to cycle
+    test_hparams={"lr": 1.0},
 ))

@@ -12,6 +12,7 @@ size γ makes the second-order Polyak model of the loss reach f* = 0 along the d
 group; ``create_optimizer`` splits a model into decay/no-decay groups, and the loss belongs to all of them);
 each group then scales by its own lr. A negative loss (the f* = 0 assumption broken) gives γ = 0. Only β₂ is
 used, so the hyperparameter is ``beta2`` rather than ``betas``. ``weight_decay`` (not in the paper) is decoupled.
+``maximize=True`` is refused (ValueError): γ comes from the loss under f* = 0 ≤ f, which an ascent does not have.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class SANIA(ElementwiseOptimizer):
     default_decay_mode = "decoupled"
     needs_closure = True
     two_pass = True
+    maximize_unsupported = ("computes its step size from the loss under the assumption f* = 0 ≤ f; an ascent on f "
+                            "has no such bound (minimise −f with a closure returning −f instead)")
     last_gamma: float | None = None
 
     def __init__(self, params: Any, lr: float = 1.0, preconditioner: str = "adam", beta2: float = 0.999,

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._base import ElementwiseOptimizer
+from ._base import LR0, ElementwiseOptimizer
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree", "recompute_bn_statistics"]
 
@@ -143,7 +143,7 @@ class _ScheduleFree(ElementwiseOptimizer):
         beta = self._interpolation(group)
         wd, mode = group["weight_decay"], group["decay_mode"]
         if mode == "independent":
-            wd = wd / group["initial_lr"] if group["initial_lr"] > 0 else 0.0
+            wd = wd / group[LR0] if group[LR0] > 0 else 0.0
         return {"lr": lr, "ckp1": ckp1, "y_scale": 1.0 - beta * (1.0 - ckp1), "wd": wd,
                 **self._adaptive_coefficients(group, group["k"])}
 

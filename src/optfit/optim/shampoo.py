@@ -111,7 +111,9 @@ class Shampoo(MatrixOptimizer):
         V.standard(group, "lr", "weight_decay")
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas!r} (expected (β₁ in [0, 1), β₂ in (0, 1]))")
+            got = len(betas) if isinstance(betas, (tuple, list)) else type(betas).__name__
+            raise ValueError(f"Invalid betas: {betas!r} (expected a tuple of 2 numbers, β₁ in [0, 1) and β₂ in "
+                             f"(0, 1], got {got})")
         V.beta("betas[0]", betas[0])
         V.in_range("betas[1]", betas[1], 0.0, 1.0, lo_open=True, hi_open=False)
         V.positive("eps", group["eps"])
