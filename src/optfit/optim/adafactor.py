@@ -31,6 +31,23 @@ from ._base import ElementwiseOptimizer
 __all__ = ["Adafactor"]
 
 
+def factored_ema_(row: Tensor, col: Tensor, x: Tensor, beta: Any) -> None:
+    """row ← β·row + (1−β)·mean over the last dim of x ; col ← β·col + (1−β)·mean over the second-to-last dim."""
+    row.mul_(beta).add_(x.mean(dim=-1) * (1 - beta))
+    col.mul_(beta).add_(x.mean(dim=-2) * (1 - beta))
+
+
+def factored_rsqrt_factors(row: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
+    """The two broadcastable factors of 1/√V̂ for the rank-one V̂ = (row/mean(row)) ⊗ col."""
+    return (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1), col.rsqrt().unsqueeze(-2)
+
+
+def factored_rsqrt(row: Tensor, col: Tensor) -> Tensor:
+    """1/√V̂ for the rank-one V̂ = (row/mean(row)) ⊗ col, broadcast to the matrix shape."""
+    r, c = factored_rsqrt_factors(row, col)
+    return r * c
+
+
 class Adafactor(ElementwiseOptimizer):
     """Adafactor with factored second moments: O(m+n) state per matrix instead of m·n.
 
@@ -125,10 +142,9 @@ class Adafactor(ElementwiseOptimizer):
         g2 = g * g + c["eps1"]
         if p.ndim >= 2:
             row, col = st["exp_avg_sq_row"], st["exp_avg_sq_col"]
-            row.mul_(c["beta2"]).add_(g2.mean(dim=-1) * (1 - c["beta2"]))
-            col.mul_(c["beta2"]).add_(g2.mean(dim=-2) * (1 - c["beta2"]))
-            row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-            u = g * row_factor * col.rsqrt().unsqueeze(-2)
+            factored_ema_(row, col, g2, c["beta2"])
+            row_factor, col_factor = factored_rsqrt_factors(row, col)
+            u = g * row_factor * col_factor
         else:
             v = st["exp_avg_sq"]
             v.mul_(c["beta2"]).add_(g2 * (1 - c["beta2"]))

@@ -29,23 +29,12 @@ from torch import Tensor
 from . import _validation as V
 from ..registry import OptimizerInfo, register
 from ._base import ElementwiseOptimizer
-from .adafactor import Adafactor
+from .adafactor import Adafactor, factored_ema_, factored_rsqrt
 
 __all__ = ["CAME"]
 
 # Adafactor's kernel flags for û: no relative-RMS parameter scaling, no momentum, no weight decay
 _ADAFACTOR_UPDATE_ONLY = (False, False, "none")
-
-
-def factored_ema_(row: Tensor, col: Tensor, x: Tensor, beta: Any) -> None:
-    """row ← β·row + (1−β)·mean over the last dim of x ; col ← β·col + (1−β)·mean over the second-to-last dim."""
-    row.mul_(beta).add_(x.mean(dim=-1) * (1 - beta))
-    col.mul_(beta).add_(x.mean(dim=-2) * (1 - beta))
-
-
-def factored_rsqrt(row: Tensor, col: Tensor) -> Tensor:
-    """1/√V̂ for the rank-one V̂ = (row/mean(row)) ⊗ col, broadcast to the matrix shape."""
-    return (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1) * col.rsqrt().unsqueeze(-2)
 
 
 class CAME(Adafactor):
