@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from optfit.bench import report
 from optfit.bench.report import leaderboard_text, write_report
 from optfit.bench.summary import WorkloadMeta
 
@@ -246,3 +247,14 @@ def test_gradient_stats_that_are_not_available_say_why(tmp_path):
                                                              extras={"gradient_stats": stats})]
     text = write_report(res, {"quad": META["quad"]}, tmp_path).read_text()
     assert "n/a: gap-adamw on quad: needs 9 recorded gradients of a tensor for R(0..8) (lags=8); has 3." in text
+
+
+def test_a_missed_target_is_never_shown_as_a_plain_speed_ratio(monkeypatch):
+    """A miss counts as the budget in the geometric mean, so with a miss the ratio is a lower bound (≥) and with no
+    target reached there is no ratio at all."""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    res = [trial("quad", "adamw-tuned", 0, rate=0.02), trial("quad", "slow", 0, rate=0.0)]
+    text = leaderboard_text(res, {"quad": META["quad"]})
+    row = next(line for line in text.splitlines() if "slow" in line)
+    assert "none reached" in row and "×" not in row.split("slow", 1)[1].split("0/1")[0]
+    assert report._time_ratio(1.5, 1, 2) == "≥×1.5" and report._time_ratio(0.8, 2, 2) == "×0.8"

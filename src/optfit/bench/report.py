@@ -119,13 +119,23 @@ def _leaderboard_rows(s: Summary) -> list[list[str]]:
         oh = list(s.overhead_ms.get(lab, {}).values())
         rows.append([str(rank), lab + (" (baseline)" if lab == s.baseline else ""),
                      _fmt(s.scores.get("seconds", {}).get(lab)), _fmt(s.scores.get("steps", {}).get(lab)),
-                     _fmt(s.geomean_ratio.get("seconds", {}).get(lab), prefix="×"),
-                     _fmt(s.geomean_ratio.get("steps", {}).get(lab), prefix="×"),
+                     _time_ratio(s.geomean_ratio.get("seconds", {}).get(lab), reached, n_t),
+                     _time_ratio(s.geomean_ratio.get("steps", {}).get(lab), reached, n_t),
                      f"{reached}/{n_t}" if n_t else "—",
                      "baseline" if lab == s.baseline else (claim.verdict if claim else "—"),
                      (_lower_mark(s, lab) + _fmt(lq[0])) if lq else "—", _fmt(lq[1]) if lq else "—",
                      _fmt(sorted(oh)[len(oh) // 2]) if oh else "—"])
     return rows
+
+
+def _time_ratio(ratio: float | None, reached: int, n_targets: int) -> str:
+    """A geometric-mean time ratio as the leaderboard shows it: a miss counts as the budget, so with a missed
+    target the ratio is only a lower bound ("≥"), and with none reached it is no speed at all ("none reached")."""
+    if ratio is None:
+        return "—"
+    if n_targets and reached == 0:
+        return "none reached"
+    return ("≥" if reached < n_targets else "") + _fmt(ratio, prefix="×")
 
 
 def _lower_mark(s: Summary, lab: str) -> str:
@@ -140,7 +150,7 @@ def leaderboard_text(results: Iterable[TrialResult] | Summary, workloads_meta: A
     # names come from users: no control characters (terminal escape sequences) reach the terminal
     rows = [["".join(ch if ch.isprintable() else "?" for ch in c) for c in r] for r in _leaderboard_rows(s)]
     note = ("scores: AlgoPerf B in [0,1] (r_max=4); geo ×base: geometric-mean time to target / baseline's "
-            f"({s.baseline or 'baseline absent'}); IQM: learned-optimizer metrics; opt ms/step: optimizer overhead")
+            f"({s.baseline or 'baseline absent'}), ≥ a lower bound (a target not reached counts as the budget); IQM: learned-optimizer metrics; opt ms/step: optimizer overhead")
     try:
         import io
 
