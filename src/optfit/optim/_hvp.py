@@ -5,6 +5,9 @@ leaves ``g = ∇f(θ)`` differentiable, and one reverse pass of ``gᵀv`` gives 
 
 * ``hutchinson_diagonal`` — ``z ⊙ Hz`` with Rademacher ``z`` (Hutchinson 1990; Bekas, Kokiopoulou & Saad 2007):
   ``E[z ⊙ Hz]_i = Σ_j H_ij E[z_i z_j] = H_ii``, exact for diagonal ``H``, variance ``Σ_{j≠i} H_ij²`` otherwise.
+* ``curvature_step`` — the step of an elementwise optimizer whose update needs a curvature estimate first
+  (AdaHessian, Sophia): closure, the non-finite policy, the estimate, the update; the generator is rewound when
+  the estimate asks to skip the step or anything fails, and the gradients lose their graph afterwards.
 * ``lanczos`` / ``extreme_eigenpairs`` — Lanczos tridiagonalisation with full reorthogonalisation (done twice,
   "twice is enough"): after m steps ``QᵀHQ = T`` (tridiagonal), and the Ritz pairs ``(θ_i, Qᵀs_i)`` of
   ``T s_i = θ_i s_i`` approximate the extreme eigenpairs of ``H`` (Lanczos 1950; Golub & Van Loan §10.1).
@@ -21,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["GRAPH_HINT", "has_graph", "hvp", "rademacher_like", "hutchinson_diagonal", "lanczos",
+__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "rademacher_like", "hutchinson_diagonal", "lanczos",
            "extreme_eigenpairs"]
 
 GRAPH_HINT = ("compute the gradients with `loss.backward(create_graph=True)` (or pass `step` a closure that "
@@ -47,6 +50,42 @@ def hvp(params: Sequence[Tensor], grads: Sequence[Tensor], vectors: Sequence[Ten
         hv = torch.autograd.grad([g for g, _ in outs], list(params), grad_outputs=[v for _, v in outs],
                                  retain_graph=retain_graph, allow_unused=True)
     return [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]
+
+
+def curvature_step(opt, closure: Callable[[], object] | None,
+                   estimate: Callable[[list], tuple[bool, list]]) -> object:
+    """One step of ``opt`` (an ``ElementwiseOptimizer`` with a ``generator``, ``_hessians`` and
+    ``_hessians_by_state``): evaluate ``closure`` (with gradients enabled), gather, apply the non-finite policy,
+    then ``estimate(work) -> (ok, work)`` — ``ok=False`` skips the step (counted) — and the update of every group.
+    The generator is rewound to its state before the estimate when the step is skipped or raises, so a resumed run
+    draws the same probes."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    work = opt._gather()
+    if not opt._finite_or_policy(work):
+        return loss
+    saved = opt.generator.get_state()
+    try:
+        ok, work = estimate(work)
+        if not ok:
+            opt.generator.set_state(saved)
+            opt.skipped_steps += 1
+            return loss
+        for group, items in work:
+            if items:
+                opt._step_group(group, items, loss)
+    except BaseException:
+        opt.generator.set_state(saved)
+        raise
+    finally:
+        opt._hessians, opt._hessians_by_state = {}, {}
+    for _, items in work:
+        for _, p, _ in items:
+            if p.grad is not None and p.grad.requires_grad:
+                p.grad = p.grad.detach()
+    return loss
 
 
 def rademacher_like(t: Tensor, generator: torch.Generator) -> Tensor:

@@ -122,33 +122,7 @@ class AdaHessian(ElementwiseOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; the gradients (from ``closure`` if given) must come from ``backward(create_graph=True)``."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = self._gather()
-        if not self._finite_or_policy(work):
-            return loss
-        saved = self.generator.get_state()
-        try:
-            ok = self._estimate(work)
-            if not ok:
-                self.generator.set_state(saved)
-                self.skipped_steps += 1
-                return loss
-            for group, items in work:
-                if items:
-                    self._step_group(group, items, loss)
-        except BaseException:
-            self.generator.set_state(saved)
-            raise
-        finally:
-            self._hessians, self._hessians_by_state = {}, {}
-        for _, items in work:
-            for _, p, _ in items:
-                if p.grad is not None and p.grad.requires_grad:
-                    p.grad = p.grad.detach()
-        return loss
+        return _hvp.curvature_step(self, closure, lambda work: (self._estimate(work), work))
 
     def _estimate(self, work: list) -> bool:
         """D for every parameter due a Hessian estimate this step (one HVP over all groups); ``False`` = skip."""

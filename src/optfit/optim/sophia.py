@@ -137,34 +137,8 @@ class Sophia(ElementwiseOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; on Hessian steps (Sophia-H) the gradients carry their graph or ``closure`` is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
         manual, self._manual = self._manual, {}
-        work = self._gather()
-        if not self._finite_or_policy(work):
-            return loss
-        saved = self.generator.get_state()
-        try:
-            ok, work = self._estimate(work, manual, closure)
-            if not ok:
-                self.generator.set_state(saved)
-                self.skipped_steps += 1
-                return loss
-            for group, items in work:
-                if items:
-                    self._step_group(group, items, loss)
-        except BaseException:
-            self.generator.set_state(saved)
-            raise
-        finally:
-            self._hessians, self._hessians_by_state = {}, {}
-        for _, items in work:
-            for _, p, _ in items:
-                if p.grad is not None and p.grad.requires_grad:
-                    p.grad = p.grad.detach()
-        return loss
+        return _hvp.curvature_step(self, closure, lambda work: self._estimate(work, manual, closure))
 
     def _estimate(self, work: list, manual: dict[int, Tensor], closure: Callable[[], Any] | None) -> tuple[bool, list]:
         """ĥ for the parameters due one (``update_hessian``'s first); ``(False, work)`` = skip the step."""
