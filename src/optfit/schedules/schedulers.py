@@ -74,30 +74,31 @@ class Schedule(LRScheduler):
                 _set_lr(g, v)
 
 
-class WarmupCosine(Schedule):
+class _WarmupDecay(Schedule):
+    """Linear warmup over ``warmup_steps``, then ``shape`` from 1 to ``final`` at ``total_steps``."""
+
+    shape: staticmethod
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                 final: float = 0.0, last_epoch: int = -1) -> None:
+        self.total_steps, self.warmup_steps = M.check_warmup(total_steps, warmup_steps)
+        self.final = M.check_fraction("final", final)
+        super().__init__(optimizer, last_epoch)
+
+    def multiplier(self, step: int) -> float:
+        return type(self).shape(step, self.total_steps, self.warmup_steps, self.final)
+
+
+class WarmupCosine(_WarmupDecay):
     """Linear warmup over ``warmup_steps``, then cosine from 1 to ``final`` at ``total_steps``."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                 final: float = 0.0, last_epoch: int = -1) -> None:
-        self.total_steps, self.warmup_steps = M.check_warmup(total_steps, warmup_steps)
-        self.final = M.check_fraction("final", final)
-        super().__init__(optimizer, last_epoch)
-
-    def multiplier(self, step: int) -> float:
-        return M._cosine(step, self.total_steps, self.warmup_steps, self.final)
+    shape = staticmethod(M._cosine)
 
 
-class WarmupLinear(Schedule):
+class WarmupLinear(_WarmupDecay):
     """Linear warmup over ``warmup_steps``, then linear decay from 1 to ``final`` (default 0) at ``total_steps``."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                 final: float = 0.0, last_epoch: int = -1) -> None:
-        self.total_steps, self.warmup_steps = M.check_warmup(total_steps, warmup_steps)
-        self.final = M.check_fraction("final", final)
-        super().__init__(optimizer, last_epoch)
-
-    def multiplier(self, step: int) -> float:
-        return M._linear(step, self.total_steps, self.warmup_steps, self.final)
+    shape = staticmethod(M._linear)
 
 
 class WSD(Schedule):
