@@ -30,7 +30,7 @@ def test_the_answers_follow_the_registry(name):
         assert needs_closure(o) == info.needs_closure
         due = getattr(opt, "next_step_needs_graph", lambda: True)  # FOSI: after its warm-up
         hessian = getattr(info.cls, "needs_create_graph", False) and due()
-        assert not hessian or name in ("adahessian", "fosi", "sophia")
+        assert not hessian or name in ("adahessian", "fosi", "sophia", "oasis")
         assert backward_kwargs(o) == ({"create_graph": True} if hessian else {})
         assert has_eval_mode(o) == name.startswith("schedule-free")
 
