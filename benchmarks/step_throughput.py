@@ -7,7 +7,16 @@ moved per step (read θ, g and each state tensor; write θ and each state tensor
 memory-bandwidth bound that implies, and the cost per byte relative to optfit ``adamw``.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/step_throughput.py [--threads 1,2] [--rounds 5]
-        [--optimizers adamw,lion,...] [--impls foreach,compiled]
+        [--optimizers adamw,lion,...] [--impls auto,foreach,compiled]
+
+``--vs-torch-fused`` measures instead optfit's default path (``impl="auto"``, ``nonfinite="raise"``) of adamw,
+adam, amsgrad, sgd (plain and Nesterov) and adagrad against torch.optim's ``fused=True`` optimizer of the same
+maths, on the 8.4 M set and on a 49 k-parameter, 10-tensor MLP (``--sizes 8.4m,49k``). Printed: the median
+over rounds of each round's ratio (candidates interleaved, so ratios hold on a shared machine), for the default,
+for ``nonfinite="ignore"`` and for ``impl="foreach"`` (the kernels the default path ran before), and the
+non-finite check's share of the default step, 1 − ignore/raise:
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/step_throughput.py --vs-torch-fused --threads 1,2 --rounds 15
 """
 
 from __future__ import annotations
@@ -22,12 +31,17 @@ import torch
 import optfit
 
 
-def make_params(seed: int = 0) -> list[torch.Tensor]:
+# 8 × (1024×1024) + 8 × 1024 = 8.4 M; a 64-128-128-128-56-10 MLP (weights and biases) = 49 138 in 10 tensors
+SIZES = {"8.4m": [(1024, 1024), (1024,)] * 8,
+         "49k": [(128, 64), (128,), (128, 128), (128,), (128, 128), (128,), (56, 128), (56,), (10, 56), (10,)]}
+
+
+def make_params(seed: int = 0, size: str = "8.4m") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     params = []
-    for _ in range(8):
-        params.append(torch.randn(1024, 1024, generator=gen).mul_(0.02).requires_grad_())
-        params.append(torch.zeros(1024).requires_grad_())
+    for shape in SIZES[size]:
+        p = torch.randn(shape, generator=gen).mul_(0.02) if len(shape) > 1 else torch.zeros(shape)
+        params.append(p.requires_grad_())
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen).mul_(1e-3)
     return params
@@ -124,6 +138,60 @@ def report(candidates: list[Candidate], n_params: int, bandwidth: float, threads
               f"{100 * bound / t:.0f}% | {rel} |")
 
 
+# registry name, optfit hyperparameters, the torch.optim class and arguments of the same maths (fused)
+VS_TORCH_FUSED = [
+    ("adamw", {}, "AdamW", {}),
+    ("adam", {}, "Adam", {}),
+    ("amsgrad", {}, "Adam", {"amsgrad": True}),
+    ("sgd", {}, "SGD", {}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}, "SGD", {"momentum": 0.9, "nesterov": True}),
+    ("adagrad", {}, "Adagrad", {}),
+]
+
+
+def vs_torch_fused(size: str, threads: int, rounds: int) -> None:
+    """optfit's default path against torch's fused optimizer of the same maths, interleaved; ratios only."""
+    steps = 5 if size == "8.4m" else 300
+    rows = []
+    for name, hp, cls_name, torch_hp in VS_TORCH_FUSED:
+        info = optfit.optimizer_info(name)
+        lr = {"lr": 1e-3}
+        theirs = getattr(torch.optim, cls_name)(make_params(size=size), **lr, **torch_hp, fused=True)
+        ours = optfit.create_optimizer(make_params(size=size), name, **lr, **hp)
+        ours_ignore = optfit.create_optimizer(make_params(size=size), name, **lr, **hp, nonfinite="ignore")
+        before = optfit.create_optimizer(make_params(size=size), name, **lr, **hp, impl="foreach")
+        label = name + "".join(f" {k}={v}" for k, v in hp.items())
+        rows.append((label, f"torch.optim.{cls_name}({', '.join(f'{k}={v}' for k, v in torch_hp.items())}"
+                     f"{', ' if torch_hp else ''}fused=True)", [theirs.step, ours.step, ours_ignore.step, before.step]))
+        assert info.cls is type(ours)
+    times = {label: [[], [], [], []] for label, _, _ in rows}
+    for label, _, fns in rows:
+        for fn in fns:
+            for _ in range(3):
+                fn()
+    for _ in range(rounds):
+        for label, _, fns in rows:
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[label][i].append((time.perf_counter() - t0) / steps)
+    n_params = sum(p.numel() for p in make_params(size=size))
+    print(f"\n## {threads} thread(s) — {n_params:,} params in {len(SIZES[size])} tensors, {rounds} rounds\n")
+    print("| optfit (default path) | torch.optim, same maths | default ÷ torch | nonfinite=ignore ÷ torch | "
+          "non-finite check, share of the default step | impl=\"foreach\" (the kernels of the previous default) "
+          "÷ torch |")
+    print("|---|---|---|---|---|---|")
+    for label, torch_label, _ in rows:
+        t_torch, t_raise, t_ignore, t_before = times[label]
+        ratio = statistics.median(r / t for r, t in zip(t_raise, t_torch))
+        ratio_ignore = statistics.median(r / t for r, t in zip(t_ignore, t_torch))
+        ratio_before = statistics.median(r / t for r, t in zip(t_before, t_torch))
+        share = statistics.median(1 - i / r for r, i in zip(t_raise, t_ignore))
+        print(f"| {label} | {torch_label} | {ratio:.2f} | {ratio_ignore:.2f} | {100 * share:.0f}% "
+              f"| {ratio_before:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2")
@@ -131,7 +199,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--optimizers", default="", help="comma-separated registry names (default: all)")
     parser.add_argument("--impls", default="foreach,compiled")
+    parser.add_argument("--vs-torch-fused", action="store_true",
+                        help="optfit's default path vs torch's fused optimizers (see the module docstring)")
+    parser.add_argument("--sizes", default="8.4m,49k", help="with --vs-torch-fused: 8.4m and/or 49k")
     args = parser.parse_args()
+    if args.vs_torch_fused:
+        print(f"torch {torch.__version__}, optfit {optfit.__version__}")
+        for threads in map(int, args.threads.split(",")):
+            torch.set_num_threads(threads)
+            for size in args.sizes.split(","):
+                vs_torch_fused(size, threads, args.rounds)
+        return
     # matrix optimizers take seconds per step on 8 × 1024² (benchmarks/matrix_step.py measures them): name them to include
     names = args.optimizers.split(",") if args.optimizers else [
         n for n in optfit.list_optimizers() if optfit.optimizer_info(n).family != "matrix"]

@@ -176,7 +176,7 @@ def test_cautious_is_bit_identical_to_adamw_when_m_and_g_agree():
     out = []
     for name in ("adamw", "cadamw"):
         p = torch.linspace(-1, 1, 6).requires_grad_()
-        opt = optfit.create_optimizer([p], name, lr=0.01, weight_decay=0.1)
+        opt = optfit.create_optimizer([p], name, lr=0.01, weight_decay=0.1, impl="foreach")  # the same kernel for both
         for g in grads:
             _feed(opt, [p], [g])
         out.append(p.detach())

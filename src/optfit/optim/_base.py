@@ -6,7 +6,10 @@
    where ``Δθ = −s`` (``s`` includes the lr) and ``c`` holds every per-step scalar. That function is the ground
    truth (``impl="reference"``). ``_update_foreach`` is the hand-written multi-tensor fast path
    (``impl="foreach"``); ``impl="compiled"`` runs the reference loop under ``torch.compile`` with the scalars
-   passed as 0-d tensors, so inductor fuses it into one kernel per step without recompiling.
+   passed as 0-d tensors, so inductor fuses it into one kernel per step without recompiling. A class whose
+   maths torch ships as a fused kernel names it in ``fused_kind`` ("adam", "sgd", "adagrad"): ``impl="fused"``
+   runs that kernel, and so does ``impl="auto"`` on CPU, for the groups whose options it expresses exactly
+   (see :mod:`optfit.optim._fused`); the other groups take the path "auto" would take without it.
 3. **A thin ``step()``** – closure, gathering, the non-finite policy, the Grokfast filter, coupled decay,
    caution, decoupled/independent decay, bf16 → fp32 working copies and complex → real views are all here,
    once, for every subclass.
@@ -14,12 +17,13 @@
 Options accepted by every elementwise optimizer (keyword-only, stored per param group):
 
 ``cautious`` (bool), ``nonfinite`` ("raise" | "skip" | "ignore"), ``impl`` ("auto" | "reference" | "foreach" |
-"compiled"), ``state_dtype`` (None = parameter dtype, or "float32": fp32 state and fp32 maths for bf16/fp16
-parameters, rounded once into the parameter), ``grad_filter`` (None | "ema" | "ma" | a dict from
-``grokfast_ema``/``grokfast_ma``), ``decay_mode`` ("coupled" | "decoupled" | "independent"), ``maximize`` (bool:
-gradient ascent as in torch.optim: the optimizer works with −g, negated once in ``_gather`` before anything else
-sees it, so every statistic, filter, decay and Hessian-vector product is that of −f; classes whose maths read the
-loss itself set ``maximize_unsupported`` to the reason and refuse ``maximize=True``).
+"compiled", and "fused" where the class has a ``fused_kind``), ``state_dtype`` (None = parameter dtype, or
+"float32": fp32 state and fp32 maths for bf16/fp16 parameters, rounded once into the parameter),
+``grad_filter`` (None | "ema" | "ma" | a dict from ``grokfast_ema``/``grokfast_ma``), ``decay_mode`` ("coupled" |
+"decoupled" | "independent"), ``maximize`` (bool: gradient ascent as in torch.optim: the optimizer works with −g,
+negated once in ``_gather`` before anything else sees it, so every statistic, filter, decay and Hessian-vector
+product is that of −f; classes whose maths read the loss itself set ``maximize_unsupported`` to the reason and
+refuse ``maximize=True``).
 
 The torch.optim contract, kept here once:
 
@@ -49,12 +53,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _features as F
+from . import _fused
 from . import _validation as V
 
 IMPLS = ("auto", "reference", "foreach", "compiled")
 STATE_DTYPES = (None, "float32")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _COMPILED: dict[tuple[type, str], Callable] = {}
+_FUSED_KINDS: dict[type, str | None] = {}
+# what a subclass must not override for the fused kernel of the class that declared ``fused_kind`` to be its maths
+_FUSED_MATHS = ("_update", "_update_foreach", "_coefficients", "_flags", "_state_keys", "_working_set",
+                "_step_group", "_run_kernel", "two_pass", "handles_weight_decay", "fused_kind")
 # the shared options: every param group of every elementwise optimizer holds all of them
 _OPTION_KEYS = ("cautious", "nonfinite", "impl", "state_dtype", "grad_filter", "decay_mode", "maximize")
 LR0 = "_lr0"  # param-group key: the lr the group had when it was added (η₀ of decay_mode="independent")
@@ -117,6 +126,7 @@ class ElementwiseOptimizer(Optimizer):
     maximize_unsupported: ClassVar[str | None] = None  # why maximize=True is refused (None: it is supported)
     OPTIONS: ClassVar[tuple[str, ...]] = _OPTION_KEYS  # the options a user may pass (subclasses may offer fewer)
     IMPLS: ClassVar[tuple[str, ...]] = IMPLS  # the impl values this class accepts (see _offered_impls)
+    fused_kind: ClassVar[str | None] = None  # torch's fused kernel for this maths: "adam" | "sgd" | "adagrad"
 
     def __init__(self, params: Any, defaults: dict[str, Any], **options: Any) -> None:
         unknown = set(options) - set(self.OPTIONS)
@@ -144,8 +154,20 @@ class ElementwiseOptimizer(Optimizer):
     @classmethod
     def _offered_impls(cls) -> tuple[str, ...]:
         """The values ``impl`` may take for this optimizer: ``IMPLS``, less "foreach" where the class has no
-        ``_update_foreach``."""
-        return tuple(i for i in cls.IMPLS if i != "foreach" or cls._update_foreach is not None)
+        ``_update_foreach`` and less "fused" where it has no ``_fused_kind()``."""
+        return tuple(i for i in cls.IMPLS if (i != "foreach" or cls._update_foreach is not None)
+                     and (i != "fused" or cls._fused_kind() is not None))
+
+    @classmethod
+    def _fused_kind(cls) -> str | None:
+        """``fused_kind`` if this class's maths are those of the class that declared it (a subclass that
+        overrides the kernel, its coefficients or the step loses it), else ``None``."""
+        if cls not in _FUSED_KINDS:
+            owner = next((k for k in cls.__mro__ if "fused_kind" in k.__dict__), None)
+            same = owner is not None and all(getattr(cls, name, None) is getattr(owner, name, None)
+                                             for name in _FUSED_MATHS)
+            _FUSED_KINDS[cls] = cls.fused_kind if same else None
+        return _FUSED_KINDS[cls]
 
     def _check_group(self, group: dict[str, Any]) -> None:
         self._validate(group)
@@ -272,8 +294,7 @@ class ElementwiseOptimizer(Optimizer):
             return True
         flat = [it for _, items in checked for it in items]
         grads = self._real_grads(flat)
-        bad = F.first_nonfinite(grads)
-        if bad is None:
+        if _fused.all_finite(grads) or F.first_nonfinite(grads) is None:  # the second clears false alarms
             return True
         policies = {g["nonfinite"] for g, _ in checked}
         if "raise" in policies:
@@ -317,7 +338,12 @@ class ElementwiseOptimizer(Optimizer):
         return targets, work_params, grads, states
 
     def _step_group(self, group: dict[str, Any], items: list, loss: Any) -> None:
+        kind = self._fused_kind()
+        fused = _fused.plan(kind, group, items) if kind is not None and not self.two_pass else None
         targets, work_params, grads, states = self._working_set(group, items)
+        if fused is not None and _fused.states_ok(work_params, states, self._state_keys(group)):
+            _fused.step(self, kind, *fused, group, work_params, grads, states)
+            return
         if group["grad_filter"] is not None:
             grads = [F.apply_filter(group["grad_filter"], g, st) for g, st in zip(grads, states)]
         if group["decay_mode"] == "coupled" and group.get("weight_decay", 0) and not self.handles_weight_decay:
@@ -353,7 +379,7 @@ class ElementwiseOptimizer(Optimizer):
 
     def _impl(self, group: dict[str, Any], ps: list[Tensor]) -> str:
         impl = group["impl"]
-        if impl == "auto":
+        if impl in ("auto", "fused"):  # "fused" reaches here only where the kernel cannot express the group
             return "foreach" if self._update_foreach is not None and len({p.device for p in ps}) == 1 else "reference"
         if impl == "foreach" and self._update_foreach is None:
             raise ValueError(f"impl='foreach' is not available for {type(self).__name__}; use 'reference' or 'compiled'")

@@ -3,7 +3,8 @@
     η̃ = η / (1 + (t−1)·lr_decay) ;  s ← s + g²   (s_0 = initial_accumulator_value)
     θ ← θ − η̃ g / (√s + ε)
 
-``weight_decay`` is L2 (``g ← g + λθ``) as in torch.
+``weight_decay`` is L2 (``g ← g + λθ``) as in torch. The default path (``impl="auto"`` on CPU, or
+``impl="fused"``) runs ``torch._fused_adagrad_`` wherever it computes this update (:mod:`optfit.optim._fused`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._base import ElementwiseOptimizer
+from ._base import IMPLS, ElementwiseOptimizer
 
 __all__ = ["Adagrad"]
 
@@ -24,6 +25,8 @@ class Adagrad(ElementwiseOptimizer):
     """AdaGrad (torch defaults: lr 1e-2, lr_decay 0, initial_accumulator_value 0, ε 1e-10)."""
 
     default_decay_mode = "coupled"
+    fused_kind = "adagrad"  # impl="fused" (and "auto" on CPU): torch._fused_adagrad_
+    IMPLS = (*IMPLS, "fused")
 
     def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, **options: Any) -> None:

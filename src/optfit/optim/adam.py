@@ -4,7 +4,9 @@
     m ← β₁m + (1−β₁)g ;  v ← β₂v + (1−β₂)g² ;  v_max ← max(v_max, v)   (amsgrad)
     θ ← θ − η/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε)      with v̂ = v_max or v
 
-``Adam`` couples weight decay (L2) by default, ``AdamW`` decouples it (``θ ← θ(1 − ηλ)``).
+``Adam`` couples weight decay (L2) by default, ``AdamW`` decouples it (``θ ← θ(1 − ηλ)``). The default path
+(``impl="auto"`` on CPU, or ``impl="fused"``) runs torch's fused kernel wherever it computes this update
+(:mod:`optfit.optim._fused` lists where); ``_update`` stays the reference every path is tested against.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._base import ElementwiseOptimizer
+from ._base import IMPLS, ElementwiseOptimizer
 from ._moments import adam_moments, adam_moments_foreach, adam_step, adam_step_foreach
 
 __all__ = ["Adam", "AdamW"]
@@ -26,6 +28,8 @@ class Adam(ElementwiseOptimizer):
     """Adam; ``weight_decay`` is L2 (``decay_mode="coupled"``) unless told otherwise."""
 
     default_decay_mode = "coupled"
+    fused_kind = "adam"  # impl="fused" (and "auto" on CPU): torch._fused_adam_/_fused_adamw_
+    IMPLS = (*IMPLS, "fused")
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **options: Any) -> None:

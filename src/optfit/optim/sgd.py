@@ -4,6 +4,9 @@
     b ← g at the first step, then b ← μ b + (1 − τ) g
     d ← g + μ b (Nesterov) | b (heavy ball) | g (μ = 0)
     θ ← θ − η d
+
+The default path (``impl="auto"`` on CPU, or ``impl="fused"``) runs ``torch._fused_sgd_`` wherever it computes
+this update (:mod:`optfit.optim._fused`); ``_update`` stays the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torch import Tensor
 
 from . import _validation as V
 from ..registry import OptimizerInfo, register
-from ._base import ElementwiseOptimizer
+from ._base import IMPLS, ElementwiseOptimizer
 
 __all__ = ["SGD"]
 
@@ -24,6 +27,8 @@ class SGD(ElementwiseOptimizer):
     """Stochastic gradient descent; ``lr`` defaults to 1e-3 like torch ≥ 2.2."""
 
     default_decay_mode = "coupled"
+    fused_kind = "sgd"  # impl="fused" (and "auto" on CPU): torch._fused_sgd_
+    IMPLS = (*IMPLS, "fused")
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, **options: Any) -> None:
