@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "rademacher_like", "hutchinson_diagonal", "lanczos",
+__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "ProbeGeneratorState", "rademacher_like", "hutchinson_diagonal", "lanczos",
            "extreme_eigenpairs"]
 
 GRAPH_HINT = ("compute the gradients with `loss.backward(create_graph=True)` (or pass `step` a closure that "
@@ -56,9 +56,9 @@ def curvature_step(opt, closure: Callable[[], object] | None,
                    estimate: Callable[[list], tuple[bool, list]]) -> object:
     """One step of ``opt`` (an ``ElementwiseOptimizer`` with a ``generator``, ``_hessians`` and
     ``_hessians_by_state``): evaluate ``closure`` (with gradients enabled), gather, apply the non-finite policy,
-    then ``estimate(work) -> (ok, work)`` — ``ok=False`` skips the step (counted) — and the update of every group.
-    The generator is rewound to its state before the estimate when the step is skipped or raises, so a resumed run
-    draws the same probes."""
+    then ``estimate(work) -> (ok, work)`` — ``ok=False`` skips the step (counted) — and the update of every group
+    (for a ``two_pass`` optimizer: its first pass over every group, then ``_second_pass``). The generator is rewound
+    to its state before the estimate when the step is skipped or raises, so a resumed run draws the same probes."""
     loss = None
     if closure is not None:
         with torch.enable_grad():
@@ -67,6 +67,9 @@ def curvature_step(opt, closure: Callable[[], object] | None,
     if not opt._finite_or_policy(work):
         return loss
     saved = opt.generator.get_state()
+    two_pass, pending, write_back = opt.two_pass, [], []
+    if two_pass:
+        opt._pending, opt._pending_write_back, opt._deferring = [], [], True
     try:
         ok, work = estimate(work)
         if not ok:
@@ -76,16 +79,40 @@ def curvature_step(opt, closure: Callable[[], object] | None,
         for group, items in work:
             if items:
                 opt._step_group(group, items, loss)
+        if two_pass:
+            pending, write_back = opt._pending, opt._pending_write_back
     except BaseException:
         opt.generator.set_state(saved)
         raise
     finally:
+        if two_pass:
+            opt._pending, opt._pending_write_back, opt._deferring = [], [], False
         opt._hessians, opt._hessians_by_state = {}, {}
+    if pending:
+        opt._second_pass(pending, loss)
+    if two_pass:
+        opt._write_back(write_back)
     for _, items in work:
         for _, p, _ in items:
             if p.grad is not None and p.grad.requires_grad:
                 p.grad = p.grad.detach()
     return loss
+
+
+class ProbeGeneratorState:
+    """Mixin for optimizers that draw Hutchinson probes from ``self.generator``: its state travels in
+    ``state_dict()["optfit"]["generator"]`` so that a resumed run draws the same probes."""
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["optfit"]["generator"] = self.generator.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        gen = state_dict.get("optfit", {}).get("generator")
+        if gen is not None:
+            self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
 
 
 def rademacher_like(t: Tensor, generator: torch.Generator) -> Tensor:

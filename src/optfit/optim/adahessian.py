@@ -53,7 +53,7 @@ def spatial_average(d: Tensor) -> Tensor:
     return d if dims is None else d.mean(dim=dims, keepdim=True).expand_as(d).contiguous()
 
 
-class AdaHessian(ElementwiseOptimizer):
+class AdaHessian(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
     """AdaHessian; gradients from ``loss.backward(create_graph=True)``. ``seed`` seeds the Rademacher draws."""
 
     default_decay_mode = "decoupled"
@@ -179,18 +179,6 @@ class AdaHessian(ElementwiseOptimizer):
         super()._run_kernel(group, ps, gs, sts, keys, c)
 
     # ----------------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["optfit"]["generator"] = self.generator.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load like torch.optim, and restore the Rademacher generator (so a resumed run draws the same z)."""
-        super().load_state_dict(state_dict)
-        gen = state_dict.get("optfit", {}).get("generator")
-        if gen is not None:
-            self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_hessians", {})

@@ -71,7 +71,7 @@ def oasis_step_size(eta: float, theta: float, displacement_sq: float, gradient_c
     return new, new / eta
 
 
-class OASIS(ElementwiseOptimizer):
+class OASIS(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
     """OASIS; gradients from ``loss.backward(create_graph=True)``. ``seed`` seeds the Rademacher draws."""
 
     default_decay_mode = "coupled"
@@ -131,38 +131,7 @@ class OASIS(ElementwiseOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; the gradients (from ``closure`` if given) must come from ``backward(create_graph=True)``."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = self._gather()
-        if not self._finite_or_policy(work):
-            return loss
-        saved = self.generator.get_state()
-        self._pending, self._pending_write_back, self._deferring = [], [], True
-        try:
-            if not self._estimate(work):
-                self.generator.set_state(saved)
-                self.skipped_steps += 1
-                return loss
-            for group, items in work:
-                if items:
-                    self._step_group(group, items, loss)
-            pending, write_back = self._pending, self._pending_write_back
-        except BaseException:
-            self.generator.set_state(saved)
-            raise
-        finally:
-            self._pending, self._pending_write_back, self._deferring = [], [], False
-            self._hessians, self._hessians_by_state = {}, {}
-        if pending:
-            self._second_pass(pending, loss)
-        self._write_back(write_back)
-        for _, items in work:
-            for _, p, _ in items:
-                if p.grad is not None and p.grad.requires_grad:
-                    p.grad = p.grad.detach()
-        return loss
+        return _hvp.curvature_step(self, closure, lambda work: (self._estimate(work), work))
 
     def _estimate(self, work: list) -> bool:
         """One Hutchinson sample z⊙Hz per parameter with a gradient (one HVP over all groups); ``False`` = skip."""
@@ -242,17 +211,13 @@ class OASIS(ElementwiseOptimizer):
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["optfit"].update(generator=self.generator.get_state(), last_step_size=self.last_step_size,
-                            theta=self.theta)
+        sd["optfit"].update(last_step_size=self.last_step_size, theta=self.theta)
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like torch.optim, and restore the generator and the step-size sequence (η, θ)."""
         super().load_state_dict(state_dict)
         extra = state_dict.get("optfit", {})
-        gen = extra.get("generator")
-        if gen is not None:
-            self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
         if "last_step_size" in extra:
             self.last_step_size = extra["last_step_size"]
             self.theta = float(extra.get("theta", math.inf))

@@ -72,7 +72,7 @@ def _norm(tensors: list[Tensor]) -> float:
                          for t in tensors))
 
 
-class Sophia(ElementwiseOptimizer):
+class Sophia(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
     """Sophia (module docstring): Sophia-H by default; ``estimator="gnb"`` with ``update_hessian_gnb`` is Sophia-G."""
 
     default_decay_mode = "decoupled"
@@ -291,18 +291,6 @@ class Sophia(ElementwiseOptimizer):
             super()._run_kernel(group, [ps[i] for i in rest], [gs[i] for i in rest], [sts[i] for i in rest], keys, c)
 
     # ------------------------------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["optfit"]["generator"] = self.generator.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load like torch.optim, and restore the probe generator (so a resumed run draws the same z)."""
-        super().load_state_dict(state_dict)
-        gen = state_dict.get("optfit", {}).get("generator")
-        if gen is not None:
-            self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for attr in ("_manual", "_hessians", "_hessians_by_state"):
