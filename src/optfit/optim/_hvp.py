@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "ProbeGeneratorState", "rademacher_like", "hutchinson_diagonal", "lanczos",
+from ._features import first_nonfinite
+
+__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "ProbeGeneratorState", "hutchinson_estimates", "rademacher_like", "hutchinson_diagonal", "lanczos",
            "extreme_eigenpairs"]
 
 GRAPH_HINT = ("compute the gradients with `loss.backward(create_graph=True)` (or pass `step` a closure that "
@@ -97,6 +99,33 @@ def curvature_step(opt, closure: Callable[[], object] | None,
             if p.grad is not None and p.grad.requires_grad:
                 p.grad = p.grad.detach()
     return loss
+
+
+def hutchinson_estimates(opt, due: list, transform: Callable[[dict, Tensor], Tensor] | None = None) -> list | None:
+    """One Hutchinson sample per entry of ``due`` ((group, index, param, grad), one HVP over all of them):
+    ``z ⊙ Hz`` with Rademacher ``z`` from ``opt.generator``, plus λ where the group's decay is coupled (the Hessian of
+    the L2 term), then ``transform(group, sample)`` if given. The non-finite policy of each group applies to the
+    results: "raise" names the parameter, "skip" returns ``None`` (skip the step)."""
+    if not has_graph([g for *_, g in due]):
+        raise RuntimeError(f"{type(opt).__name__} needs Hessian-vector products at this step but no gradient has an "
+                           f"autograd graph: {GRAPH_HINT}")
+    zs = [rademacher_like(g, opt.generator) for *_, g in due]
+    hz = hvp([p for _, _, p, _ in due], [g for *_, g in due], zs, retain_graph=False)
+    estimates = []
+    for (group, *_), z, h in zip(due, zs, hz):
+        v = z * h
+        if group["decay_mode"] == "coupled" and group["weight_decay"]:
+            v = v + group["weight_decay"]
+        estimates.append(transform(group, v) if transform is not None else v)
+    checked = [i for i, (group, *_) in enumerate(due) if group["nonfinite"] != "ignore"]
+    bad = first_nonfinite([estimates[i] for i in checked])
+    if bad is not None:
+        group, index, p, _ = due[checked[bad]]
+        if group["nonfinite"] == "raise":
+            raise FloatingPointError(f"non-finite Hessian estimate in {opt._describe(index, p)}; no parameter or "
+                                     "state was modified (pass nonfinite='skip' to skip such steps)")
+        return None
+    return estimates
 
 
 class ProbeGeneratorState:

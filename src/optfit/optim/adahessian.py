@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _features as F
 from . import _hvp
 from . import _validation as V
 from ..registry import OptimizerInfo, register
@@ -51,6 +50,12 @@ def spatial_average(d: Tensor) -> Tensor:
     dims (2, 3); other ranks unchanged. Same shape as ``d``."""
     dims = {2: (1,), 3: (-1,), 4: (2, 3)}.get(d.ndim)
     return d if dims is None else d.mean(dim=dims, keepdim=True).expand_as(d).contiguous()
+
+
+def _absolute_diagonal(group: dict[str, Any], sample: Tensor) -> Tensor:
+    """AdaHessian's D: |z ⊙ Hz|, averaged over spatial blocks where the group asks for it."""
+    d = sample.abs()
+    return spatial_average(d) if group["spatial_average"] else d
 
 
 class AdaHessian(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
@@ -129,25 +134,8 @@ class AdaHessian(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         due = [(group, index, p, g) for group, items in work for index, p, g in items if self._due(group, p)]
         if not due:
             return True
-        if not _hvp.has_graph([g for *_, g in due]):
-            raise RuntimeError(f"{type(self).__name__} needs Hessian-vector products at this step but no gradient "
-                               f"has an autograd graph: {_hvp.GRAPH_HINT}")
-        zs = [_hvp.rademacher_like(g, self.generator) for *_, g in due]
-        hz = _hvp.hvp([p for _, _, p, _ in due], [g for *_, g in due], zs, retain_graph=False)
-        estimates = []
-        for (group, index, p, _), z, h in zip(due, zs, hz):
-            d = z * h
-            if group["decay_mode"] == "coupled" and group["weight_decay"]:
-                d = d + group["weight_decay"]
-            d = d.abs()
-            estimates.append(spatial_average(d) if group["spatial_average"] else d)
-        checked = [i for i, (group, *_) in enumerate(due) if group["nonfinite"] != "ignore"]
-        bad = F.first_nonfinite([estimates[i] for i in checked])
-        if bad is not None:
-            group, index, p, _ = due[checked[bad]]
-            if group["nonfinite"] == "raise":
-                raise FloatingPointError(f"non-finite Hessian estimate in {self._describe(index, p)}; no parameter "
-                                         "or state was modified (pass nonfinite='skip' to skip such steps)")
+        estimates = _hvp.hutchinson_estimates(self, due, _absolute_diagonal)
+        if estimates is None:
             return False
         self._hessians = {id(p): d for (_, _, p, _), d in zip(due, estimates)}
         return True

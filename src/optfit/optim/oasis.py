@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _features as F
 from . import _hvp
 from . import _validation as V
 from ..registry import OptimizerInfo, register
@@ -138,24 +137,8 @@ class OASIS(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         due = [(group, index, p, g) for group, items in work for index, p, g in items]
         if not due:
             return True
-        if not _hvp.has_graph([g for *_, g in due]):
-            raise RuntimeError(f"{type(self).__name__} needs Hessian-vector products at every step but no gradient "
-                               f"has an autograd graph: {_hvp.GRAPH_HINT}")
-        zs = [_hvp.rademacher_like(g, self.generator) for *_, g in due]
-        hz = _hvp.hvp([p for _, _, p, _ in due], [g for *_, g in due], zs, retain_graph=False)
-        samples = []
-        for (group, _, _, _), z, h in zip(due, zs, hz):
-            v = z * h
-            if group["decay_mode"] == "coupled" and group["weight_decay"]:
-                v = v + group["weight_decay"]
-            samples.append(v)
-        checked = [i for i, (group, *_) in enumerate(due) if group["nonfinite"] != "ignore"]
-        bad = F.first_nonfinite([samples[i] for i in checked])
-        if bad is not None:
-            group, index, p, _ = due[checked[bad]]
-            if group["nonfinite"] == "raise":
-                raise FloatingPointError(f"non-finite Hessian estimate in {self._describe(index, p)}; no parameter "
-                                         "or state was modified (pass nonfinite='skip' to skip such steps)")
+        samples = _hvp.hutchinson_estimates(self, due)
+        if samples is None:
             return False
         self._hessians = {id(p): v for (_, _, p, _), v in zip(due, samples)}
         return True
