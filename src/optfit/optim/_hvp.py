@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._features import first_nonfinite
 
-__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "ProbeGeneratorState", "hutchinson_estimates", "rademacher_like", "hutchinson_diagonal", "lanczos",
+__all__ = ["GRAPH_HINT", "has_graph", "hvp", "curvature_step", "HutchinsonState", "hutchinson_estimates", "rademacher_like", "hutchinson_diagonal", "lanczos",
            "extreme_eigenpairs"]
 
 GRAPH_HINT = ("compute the gradients with `loss.backward(create_graph=True)` (or pass `step` a closure that "
@@ -128,9 +128,14 @@ def hutchinson_estimates(opt, due: list, transform: Callable[[dict, Tensor], Ten
     return estimates
 
 
-class ProbeGeneratorState:
-    """Mixin for optimizers that draw Hutchinson probes from ``self.generator``: its state travels in
-    ``state_dict()["optfit"]["generator"]`` so that a resumed run draws the same probes."""
+class HutchinsonState:
+    """Mixin for optimizers whose kernel reads a curvature estimate drawn from ``self.generator``:
+
+    * the generator's state travels in ``state_dict()["optfit"]["generator"]``, so a resumed run draws the same
+      probes;
+    * ``self._hessians`` (the step's estimates by parameter, set by the optimizer's estimate) is handed to the kernel
+      as ``self._hessians_by_state`` (by state, in the working dtype), for ``_run_kernel`` to add as ``st["hessian"]``.
+    """
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -142,6 +147,20 @@ class ProbeGeneratorState:
         gen = state_dict.get("optfit", {}).get("generator")
         if gen is not None:
             self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
+
+    def _working_set(self, group: dict, items: list) -> tuple[list, list, list, list]:
+        targets, work_params, grads, states = super()._working_set(group, items)
+        by_param, self._hessians_by_state = self._hessians, {}
+        for (_, p, _), wp, st in zip(items, work_params, states):
+            d = by_param.get(id(p))
+            if d is not None:
+                self._hessians_by_state[id(st)] = d.to(wp.dtype)
+        return targets, work_params, grads, states
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_hessians", {})
+        self.__dict__.setdefault("_hessians_by_state", {})
 
 
 def rademacher_like(t: Tensor, generator: torch.Generator) -> Tensor:

@@ -58,7 +58,7 @@ def _absolute_diagonal(group: dict[str, Any], sample: Tensor) -> Tensor:
     return spatial_average(d) if group["spatial_average"] else d
 
 
-class AdaHessian(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
+class AdaHessian(_hvp.HutchinsonState, ElementwiseOptimizer):
     """AdaHessian; gradients from ``loss.backward(create_graph=True)``. ``seed`` seeds the Rademacher draws."""
 
     default_decay_mode = "decoupled"
@@ -150,27 +150,12 @@ class AdaHessian(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         the other steps of ``update_period > 1`` a plain ``backward()`` is enough and cheaper)."""
         return any(self._due(group, p) for group in self.param_groups for p in group["params"])
 
-    def _working_set(self, group: dict[str, Any], items: list) -> tuple[list, list, list, list]:
-        targets, work_params, grads, states = super()._working_set(group, items)
-        by_param, self._hessians_by_state = self._hessians, {}
-        for (_, p, _), wp, st in zip(items, work_params, states):
-            d = by_param.get(id(p))
-            if d is not None:
-                self._hessians_by_state[id(st)] = d.to(wp.dtype)
-        return targets, work_params, grads, states
-
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         ds = [self._hessians_by_state.get(id(st)) for st in sts]
         if any(d is not None for d in ds):  # a bucket shares its step, so all or none are Hessian steps
             sts = [{**st, "hessian": d} for st, d in zip(sts, ds)]
             keys = (*keys, "hessian")
         super()._run_kernel(group, ps, gs, sts, keys, c)
-
-    # ----------------------------------------------------------------------------------------------- state
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_hessians", {})
-        self.__dict__.setdefault("_hessians_by_state", {})
 
 
 register(OptimizerInfo(

@@ -70,7 +70,7 @@ def oasis_step_size(eta: float, theta: float, displacement_sq: float, gradient_c
     return new, new / eta
 
 
-class OASIS(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
+class OASIS(_hvp.HutchinsonState, ElementwiseOptimizer):
     """OASIS; gradients from ``loss.backward(create_graph=True)``. ``seed`` seeds the Rademacher draws."""
 
     default_decay_mode = "coupled"
@@ -147,13 +147,6 @@ class OASIS(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         """Always: every OASIS step estimates the Hessian diagonal."""
         return True
 
-    def _working_set(self, group: dict[str, Any], items: list) -> tuple[list, list, list, list]:
-        targets, work_params, grads, states = super()._working_set(group, items)
-        by_param, self._hessians_by_state = self._hessians, {}
-        for (_, p, _), wp, st in zip(items, work_params, states):
-            self._hessians_by_state[id(st)] = by_param[id(p)].to(wp.dtype)
-        return targets, work_params, grads, states
-
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         """First pass: D and the directions D̂⁻¹g, this bucket's share of ‖Δw‖²_{D̂} and ‖Δg‖*²_{D̂}, and the
         current (w, g) kept for the next step. Nothing moves yet."""
@@ -204,11 +197,6 @@ class OASIS(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         if "last_step_size" in extra:
             self.last_step_size = extra["last_step_size"]
             self.theta = float(extra.get("theta", math.inf))
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_hessians", {})
-        self.__dict__.setdefault("_hessians_by_state", {})
 
 
 def _norm_shares(p: Tensor, g: Tensor, st: dict[str, Tensor], alpha: float) -> tuple[Tensor, Tensor]:

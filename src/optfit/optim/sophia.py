@@ -72,7 +72,7 @@ def _norm(tensors: list[Tensor]) -> float:
                          for t in tensors))
 
 
-class Sophia(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
+class Sophia(_hvp.HutchinsonState, ElementwiseOptimizer):
     """Sophia (module docstring): Sophia-H by default; ``estimator="gnb"`` with ``update_hessian_gnb`` is Sophia-G."""
 
     default_decay_mode = "decoupled"
@@ -269,15 +269,6 @@ class Sophia(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
         return torch.Generator(device=device).manual_seed(seed)
 
     # ----------------------------------------------------------------------------- kernel plumbing
-    def _working_set(self, group: dict[str, Any], items: list) -> tuple[list, list, list, list]:
-        targets, work_params, grads, states = super()._working_set(group, items)
-        by_param, self._hessians_by_state = self._hessians, {}
-        for (_, p, _), wp, st in zip(items, work_params, states):
-            d = by_param.get(id(p))
-            if d is not None:
-                self._hessians_by_state[id(st)] = d.to(wp.dtype)
-        return targets, work_params, grads, states
-
     def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
         """The kernel with ``st["hessian"] = ĥ`` for the parameters that have an estimate (a bucket shares its step,
         so the Hutchinson ones are all or none; ``update_hessian`` may give some only), without it for the rest."""
@@ -293,8 +284,7 @@ class Sophia(_hvp.ProbeGeneratorState, ElementwiseOptimizer):
     # ------------------------------------------------------------------------------------------ state
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for attr in ("_manual", "_hessians", "_hessians_by_state"):
-            self.__dict__.setdefault(attr, {})
+        self.__dict__.setdefault("_manual", {})
 
 
 register(OptimizerInfo(
