@@ -119,3 +119,23 @@ def record_shapes(monkeypatch, module, name: str) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(module, name, spy)
     return calls
+
+
+SMOOTH_SHAPES = [(4, 3), (3,), (2, 2, 2)]
+
+
+class Smooth(nn.Module):
+    """Σ log cosh(Aθ − b) + ¼Σθ⁴ over several float64 tensors (``SMOOTH_SHAPES``): dense, curved, not quadratic."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.ps = nn.ParameterList([nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64))
+                                    for s in SMOOTH_SHAPES])
+        n = sum(torch.Size(s).numel() for s in SMOOTH_SHAPES)
+        self.register_buffer("A", torch.randn(n + 2, n, generator=gen, dtype=torch.float64) / n**0.5)
+        self.register_buffer("b", torch.randn(n + 2, generator=gen, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        theta = torch.cat([p.reshape(-1) for p in self.ps])
+        return torch.log(torch.cosh(self.A @ theta - self.b)).sum() + 0.25 * (theta**4).sum()

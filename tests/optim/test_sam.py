@@ -14,25 +14,7 @@ from torch import nn
 import optfit
 from optfit.optim import ASAM, GSAM, SAM, AdamW
 
-from .problems import TinyNet, run
-
-SHAPES = [(4, 3), (3,), (2, 2, 2)]
-
-
-class Smooth(nn.Module):
-    """A smooth non-quadratic loss of several float64 tensors: Σ log cosh(Aθ − b) + ¼Σθ⁴ (dense, curved)."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.ps = nn.ParameterList([nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in SHAPES])
-        n = sum(torch.Size(s).numel() for s in SHAPES)
-        self.register_buffer("A", torch.randn(n + 2, n, generator=gen, dtype=torch.float64) / n**0.5)
-        self.register_buffer("b", torch.randn(n + 2, generator=gen, dtype=torch.float64))
-
-    def forward(self) -> torch.Tensor:
-        theta = torch.cat([p.reshape(-1) for p in self.ps])
-        return torch.log(torch.cosh(self.A @ theta - self.b)).sum() + 0.25 * (theta**4).sum()
+from .problems import Smooth, TinyNet, run
 
 
 def closure_of(model, opt, record=None):

@@ -13,29 +13,13 @@ from torch import nn
 
 from optfit.optim import Sophia
 
-SHAPES = [(4, 3), (3,), (2, 2, 2)]
+from .problems import Smooth
 
 
 def _backward(loss, create_graph=True):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
         loss.backward(create_graph=create_graph)
-
-
-class Smooth(nn.Module):
-    """Σ log cosh(Aθ − b) + ¼Σθ⁴ over several float64 tensors: dense, curved, not quadratic."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.ps = nn.ParameterList([nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in SHAPES])
-        n = sum(torch.Size(s).numel() for s in SHAPES)
-        self.register_buffer("A", torch.randn(n + 2, n, generator=gen, dtype=torch.float64) / n**0.5)
-        self.register_buffer("b", torch.randn(n + 2, generator=gen, dtype=torch.float64))
-
-    def forward(self):
-        theta = torch.cat([p.reshape(-1) for p in self.ps])
-        return torch.log(torch.cosh(self.A @ theta - self.b)).sum() + 0.25 * (theta**4).sum()
 
 
 def _quadratic(seed=0):
