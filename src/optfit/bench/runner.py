@@ -203,6 +203,8 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         workload.prepare()
         info = optimizer_info(spec.optimizer)
         hparams = _hparams(spec)
+        if "total_steps" in info.defaults and "total_steps" not in hparams:
+            hparams["total_steps"] = workload.step_hint  # the planned run length (auto's horizon, Celo's t/N)
         _seed_everything(spec.seed)
         model = workload.build_model(spec.seed)
         if warmup_steps > 0:

@@ -1,4 +1,4 @@
-"""Send a gap optimizer's choices to TensorBoard (or anything with ``add_scalar(tag, value, step)``)."""
+"""Send a gap optimizer's (or auto's) choices to TensorBoard (or anything with ``add_scalar(tag, value, step)``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ def attach_summary_writer(optimizer: Any, writer: Any, every: int = 1, prefix: s
     """Log after every ``every``-th step, per param group g and candidate value b:
     ``{prefix}/group{g}/selected_mean`` (mean selected value over the group's parameters),
     ``{prefix}/group{g}/score/{b}`` (running score) and ``{prefix}/group{g}/fraction/{b}`` (share of
-    parameter-steps so far). Returns the hook handle (``.remove()`` stops logging)."""
+    parameter-steps so far); for ``auto`` (no candidates) every number of its ``gap_stats()`` as
+    ``{prefix}/group{g}/{key}`` (step_size, d, schedule, decays, ...). Returns the hook handle (``.remove()`` stops logging)."""
     if not hasattr(optimizer, "gap_stats"):
         raise TypeError(f"attach_summary_writer: {type(optimizer).__name__} is not a gap optimizer (no gap_stats())")
     if not hasattr(writer, "add_scalar"):
@@ -25,6 +26,11 @@ def attach_summary_writer(optimizer: Any, writer: Any, every: int = 1, prefix: s
         if step % every:
             return
         for g, stats in enumerate(opt.gap_stats()):
+            if "candidates" not in stats:  # a continuous choice (auto): every number it reports
+                for key, value in stats.items():
+                    if _is_number(value):
+                        writer.add_scalar(f"{prefix}/group{g}/{key}", value, step)
+                continue
             sel = stats["selection"]
             if sel and all(_is_number(x) for x in sel):  # gap-mix selects rule names, gap-grokfast (α, λ) pairs
                 writer.add_scalar(f"{prefix}/group{g}/selected_mean", sum(sel) / len(sel), step)

@@ -174,7 +174,11 @@ class Prodigy(DistanceEstimator):
         self._pending.append(torch.stack([r_share, l1_norms(ss, foreach).sum()]))
 
     def _second_pass(self, pending: list, loss: Any) -> None:
-        r_share, s_l1 = pending_totals(pending)
+        r_share, s_l1 = pending_totals(pending)[:2]
+        self._update_distance(r_share, s_l1)
+
+    def _update_distance(self, r_share: float, s_l1: float) -> None:
+        """d from this step's share of r and ‖s‖₁ (both over every parameter); unchanged while ‖s‖₁ = 0."""
         if s_l1 == 0:
             return
         first = self.param_groups[0]

@@ -1,4 +1,5 @@
-"""Closed-form greedy-optimal linear optimizers (static view of arXiv 2512.06370)."""
+"""Closed-form greedy-optimal linear optimizers (static view of arXiv 2512.06370) and the stationarity test that
+schedules ``auto``."""
 
 from optfit.theory.closed_forms import (
     Optimum,
@@ -11,10 +12,13 @@ from optfit.theory.closed_forms import (
     update_covariance,
     update_energy,
 )
+from optfit.theory.stationarity import StationarityTest, fdr_statistic
 
 __all__ = [
     "Optimum",
+    "StationarityTest",
     "diagonal",
+    "fdr_statistic",
     "frobenius",
     "left_matrix",
     "operator_norm",
