@@ -1,10 +1,12 @@
-"""The learning-rate-free optimizers in the showdown (issue 13, part 4): the self-tuning ruleset on a suite.
+"""The learning-rate-free optimizers in the showdown (issue 13, part 4; issue 14's proof of ``auto``): the
+self-tuning ruleset on a suite.
 
-Entries: each learning-rate-free optimizer at its registry defaults (Schedule-Free and DoG at a constant multiplier,
+Entries: ``auto`` (given the workload's step hint as ``total_steps``, as the runner does for every optimizer that
+takes it), each learning-rate-free optimizer at its registry defaults (Schedule-Free and DoG at a constant multiplier,
 Prodigy and D-Adaptation with the showdown's warmup + cosine: ``showdown.SELF_CONSTANT``), tuned AdamW with its
 tuned warmup-cosine schedule (``adamw-tuned``) and with the same hyperparameters at a constant lr
 (``adamw-tuned-constant``: not re-tuned for the constant schedule, so an upper bound on what a constant-lr sweep
-gives), AdamW at its defaults, Celo (when its weights are available) and gap-adamw. Everything goes to one
+gives), AdamW at its defaults, Celo (when its weights are available, also given ``total_steps``) and gap-adamw. Everything goes to one
 resumable SQLite database; the leaderboard and the HTML report are the showdown's own.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lr_free_showdown.py [--suite quick] [--seeds 3] [--workers 2]
@@ -21,9 +23,9 @@ from optfit.bench.cli import _report
 from optfit.bench.runner import run_experiment
 from optfit.bench.showdown import BASELINE, build_specs, suite_workloads, tuned_specs
 
-LR_FREE = ("schedule-free-sgd", "schedule-free-adamw", "schedule-free-radam", "prodigy", "dadapt-adam",
+LR_FREE = ("auto", "schedule-free-sgd", "schedule-free-adamw", "schedule-free-radam", "prodigy", "dadapt-adam",
            "dadapt-sgd", "dog")
-ANCHORS = ("gap-adamw", "celo")
+ANCHORS = ("adamw", "gap-adamw", "celo")
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def check_report_dependencies() -> None:
 
 def _report(results, out: str, baseline: str, experiment=None) -> None:
     """Write report.html first, then print the leaderboard (a closed stdout must not cost the report)."""
-    from .report import leaderboard_text, write_report
+    from .report import leaderboard_text, results_text, write_report
     from .showdown import workloads_meta
     from .summary import summarize
 
@@ -170,6 +170,7 @@ def _report(results, out: str, baseline: str, experiment=None) -> None:
     summary = summarize(results, meta, baseline)
     path = write_report(results, meta, out, baseline=baseline, experiment=experiment)
     print(leaderboard_text(summary), flush=True)
+    print(results_text(summary), flush=True)
     print(f"report: {path}")
 
 

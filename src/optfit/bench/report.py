@@ -143,6 +143,53 @@ def _lower_mark(s: Summary, lab: str) -> str:
     return "≥" if any(v.lower_bound for v in s.learned.get(lab, {}).values()) else ""
 
 
+_RESULT_HEAD = ["optimizer", "reached", "final", "best", "peak lr"]
+
+
+def _median(values: list[float]) -> float:
+    vals = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not vals:
+        return math.nan
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
+
+
+def _result_rows(s: Summary, wl: str) -> list[list[str]]:
+    """Per optimizer on workload ``wl``: seeds that reached the target, the median final and best metric, and the
+    median of the largest step size each run used (``extras["lr_peak"]``: a learning-rate-free method's own step,
+    a schedule's peak)."""
+    m = s.meta[wl]
+    best_of = max if m.higher_is_better else min
+    rows = []
+    for lab in s.labels:
+        trials = s.groups[lab].get(wl, [])
+        if not trials:
+            continue
+        finals = [r.final_metrics.get(m.metric, math.nan) for r in trials]
+        bests = [best_of([p.metrics[m.metric] for p in r.curve if m.metric in p.metrics] or [math.nan])
+                 for r in trials]
+        lrs = [r.extras.get("lr_peak", math.nan) for r in trials]
+        reached = "—" if m.target is None else f"{sum(r.steps_to_target is not None for r in trials)}/{len(trials)}"
+        rows.append([lab, reached, _fmt(_median(finals)), _fmt(_median(bests)), _fmt(_median(lrs))])
+    return rows
+
+
+def results_text(s: Summary) -> str:
+    """Per workload, what each optimizer ended at: final and best metric and the learning rate it actually used."""
+    blocks = []
+    for wl in s.workloads:
+        m = s.meta[wl]
+        rows = [["".join(ch if ch.isprintable() else "?" for ch in c) for c in r] for r in _result_rows(s, wl)]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_RESULT_HEAD)] if rows else []
+        target = "" if m.target is None else f", target {m.target:g}"
+        lines = [f"{s.title(wl)} ({m.metric}, {'higher' if m.higher_is_better else 'lower'} is better{target}; "
+                 "medians over seeds)"]
+        lines.append("  ".join((str.ljust if i == 0 else str.rjust)(h, widths[i]) for i, h in enumerate(_RESULT_HEAD)))
+        lines += ["  ".join((str.ljust if i == 0 else str.rjust)(c, widths[i]) for i, c in enumerate(r)) for r in rows]
+        blocks.append("\n".join(line.rstrip() for line in lines))
+    return "\n\n".join(blocks)
+
+
 def leaderboard_text(results: Iterable[TrialResult] | Summary, workloads_meta: Any = None,
                      baseline: str = "adamw-tuned") -> str:
     """The leaderboard as an aligned text table (a ``rich`` table if rich is installed)."""
@@ -459,6 +506,11 @@ def render_html(s: Summary, title: str = "optfit showdown", experiment: str | It
     sections.append(("leaderboard", "Leaderboard", _table(_LB_HEAD, _leaderboard_rows(s), text_cols=(1, 7),
                                                            first_col_names=False)))
     sections.append(("workloads", "Workloads", _workloads_section(s)))
+    sections.append(("results", "Final and best metric, learning rate used",
+                     "".join(f"<h3>{_e(s.title(w))} ({_e(s.meta[w].metric)})</h3>" +
+                             _table(_RESULT_HEAD, _result_rows(s, w), text_cols=(0,)) for w in s.workloads) +
+                     "<p class=note>Medians over seeds. Peak lr: the largest step size a run used, as a learning "
+                     "rate (a learning-rate-free method's own step d·ψ, a schedule's peak).</p>"))
     sections.append(("time", "Time to target", _time_section(s)))
     if s.target_workloads:
         figs.append(_img(figures.profiles(s, col), "AlgoPerf performance profiles"))

@@ -70,6 +70,17 @@ def _hparams(spec: TrialSpec) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.hparams.items()}
 
 
+def effective_lr(optimizer: Any) -> float:
+    """The step size the optimizer will use next, as a learning rate: ``optimizer.effective_lr()`` where the class
+    defines it (auto: d·ψ; Prodigy / D-Adaptation: d·lr), else the first param group's ``lr``."""
+    fn = getattr(optimizer, "effective_lr", None)
+    try:
+        value = fn() if callable(fn) else optimizer.param_groups[0]["lr"]
+        return float(value)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return 0.0
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -184,7 +195,8 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
     the clock starts. Evaluations at step 0 (``eval_at_start``), every ``eval_every`` steps and at the last
     step. A non-finite loss (or metric) gives status ``"diverged"``, an exception ``"failed"`` with the error.
     Optimizers with ``selection()`` / ``gap_stats()`` get ``extras["selection"] = [[step, selection], ...]``
-    and ``extras["gap_stats"]`` (the last one). Gap-family trials also carry a ``GradientStats`` probe (run after
+    and ``extras["gap_stats"]`` (the last one). ``extras["lr_peak"]``: the largest step size the optimizer used, as a
+    learning rate (``effective_lr``: a learning-rate-free method's own step, a schedule's peak). Gap-family trials also carry a ``GradientStats`` probe (run after
     each backward pass, off the clock; ``gradient_probe=False`` leaves it out, e.g. to time the optimizer alone,
     since the probe's memory traffic still slows the step after it): ``extras["gradient_stats"] = [[step,
     summary], ...]``, its noise scale, fitted ρ and predicted β* at every evaluation. Optimizer classes with ``needs_create_graph`` get
@@ -217,6 +229,7 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         batches = iter(workload.train_batches(spec.seed))
         model.train()
         selection: list[list[Any]] = []
+        lr_seen = {"peak": 0.0}
 
         def evaluate(step: int, window: list[float]) -> bool:
             metrics = _evaluate(workload, model, optimizer)
@@ -229,6 +242,8 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
                 result.extras["selection"] = selection
             if hasattr(optimizer, "gap_stats"):
                 result.extras["gap_stats"] = _jsonable(optimizer.gap_stats())
+            if lr_seen["peak"] > 0:
+                result.extras["lr_peak"] = lr_seen["peak"]
             if probe is not None and probe.steps:
                 result.extras.setdefault("gradient_stats", []).append([step, _jsonable(probe.summary())])
             if on_eval is not None:
@@ -255,6 +270,7 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
                 # the probe is measurement, not training
                 clock["wall"] += time.perf_counter() - w0 - (trainer.untimed_seconds - u0)
                 clock["cpu"] += time.process_time() - c0 - (trainer.untimed_cpu_seconds - uc0)
+            lr_seen["peak"] = max(lr_seen["peak"], effective_lr(optimizer))  # off the clock: a read of the groups
             if step % workload.eval_every == 0 or step == budget:
                 if evaluate(step, window):
                     break

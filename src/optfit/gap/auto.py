@@ -151,6 +151,11 @@ class Auto(Prodigy):
         steps = [int(st["step"]) for st in self.state.values() if "step" in st]
         return max(steps, default=0)
 
+    def effective_lr(self) -> float:
+        """The next step's size as a learning rate: lr·d·ψ of the first param group."""
+        first = self.param_groups[0]
+        return float(first["lr"] * first["d"] * self._schedule(self._step_count() + 1))
+
     def selection(self) -> list[dict[str, Any]]:
         """Per param group, what auto uses now: ``step_size`` (lr·d·ψ, before Adam's bias correction), ``d``,
         ``schedule`` (the factor ψ), ``beta1``, ``beta2`` and the ``phase``."""

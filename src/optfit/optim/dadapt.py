@@ -147,6 +147,11 @@ class DistanceEstimator(ElementwiseOptimizer):
         """The estimate's current values (``d`` and its running sums), as stored in the param groups."""
         return {k: self.param_groups[0][k] for k in self.initial_estimate(1.0)}
 
+    def effective_lr(self) -> float:
+        """The next step's size as a learning rate: d·lr of the first param group (Adam's bias correction aside)."""
+        first = self.param_groups[0]
+        return float(first["d"] * first["lr"])
+
     def _store_estimate(self, **values: Any) -> None:
         for group in self.param_groups:
             group.update(values)
