@@ -10,7 +10,7 @@ gives), AdamW at its defaults, Celo (when its weights are available, also given 
 resumable SQLite database; the leaderboard and the HTML report are the showdown's own.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lr_free_showdown.py [--suite quick] [--seeds 3] [--workers 2]
-        [--db out/lr_free.sqlite] [--out out/lr_free] [--optimizers a,b,...]
+        [--db out/lr_free.sqlite] [--out out/lr_free] [--optimizers a,b,...] [--workloads w3-mlp,...]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ ANCHORS = ("adamw", "gap-adamw", "celo")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="quick")
+    ap.add_argument("--workloads", default="", help="comma-separated workloads instead of --suite")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--db", default="out/lr_free.sqlite")
@@ -48,7 +49,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - no weights here: leave Celo out and say so
             print(f"celo left out: {exc}")
             names.remove("celo")
-    workloads = suite_workloads(args.suite)
+    workloads = args.workloads.split(",") if args.workloads else suite_workloads(args.suite)
     seeds = list(range(args.seeds))
     specs = build_specs(workloads, names + [BASELINE], "self", args.seeds)
     specs += [dataclasses.replace(s, schedule=None, label="adamw-tuned-constant") for s in tuned_specs(workloads, seeds)]
