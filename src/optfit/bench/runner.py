@@ -215,8 +215,10 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         workload.prepare()
         info = optimizer_info(spec.optimizer)
         hparams = _hparams(spec)
-        if "total_steps" in info.defaults and "total_steps" not in hparams:
+        if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
             hparams["total_steps"] = workload.step_hint  # the planned run length (auto's horizon, Celo's t/N)
+            # the budget runs past the step hint by design (schedules end there too): no warning about it
+            warnings.filterwarnings("ignore", message=r"auto: step \d+ is past total_steps", category=RuntimeWarning)
         _seed_everything(spec.seed)
         model = workload.build_model(spec.seed)
         if warmup_steps > 0:

@@ -34,6 +34,7 @@ moment). Not exposed: Prodigy's ``slice_p``, ``safeguard_warmup``, ``d_coef`` an
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -88,6 +89,12 @@ class Auto(Prodigy):
         return max(0.0, 1.0 - (step - 1) / total) if total else first["anytime_scale"]
 
     def _coefficients(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        total = self.param_groups[0]["total_steps"]
+        if total and step > total and not getattr(self, "_warned_past_total", False):
+            self._warned_past_total = True
+            warnings.warn(f"auto: step {step} is past total_steps={total}; the schedule has ended and the step size is 0 "
+                          "(pass a larger total_steps, or none for the anytime schedule, to train longer)",
+                          RuntimeWarning, stacklevel=4)
         c = super()._coefficients(group, step)
         psi = self._schedule(step)
         for key in ("dlr", "r_weight", "s_scale"):
@@ -181,4 +188,10 @@ register(OptimizerInfo(
     description="No learning rate: Adam with step scale from the whole-run alignment (Prodigy's d), linear decay "
                 "over total_steps or, anytime, halving when a fluctuation–dissipation test finds no progress.",
     state_tensors=4, has_betas=True, has_momentum=True, test_hparams={},
+))
+register(OptimizerInfo(
+    name="auto-anytime", cls=Auto, family="learning-rate-free", paper="optfit (docs/auto.md); arXiv:2306.06101",
+    description="auto without a planned length: the step halves whenever a fluctuation–dissipation test finds no "
+                "progress (total_steps=None fixed, so trainers and the showdown cannot pass one).",
+    state_tensors=4, preset={"total_steps": None}, has_betas=True, has_momentum=True, test_hparams={},
 ))

@@ -121,7 +121,8 @@ class OptfitTrainer(Trainer):
         if self.optimizer is None and self.optimizer_name is not None:
             model = args[0] if args else kwargs.get("model")
             hparams = dict(self.optimizer_kwargs)
-            if "total_steps" in optimizer_info(self.optimizer_name).defaults and "total_steps" not in hparams:
+            info = optimizer_info(self.optimizer_name)
+            if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
                 hparams["total_steps"] = self._planned_steps()
             self._warn_unused_arguments(hparams)
             self.optimizer = create_optimizer(self.model if model is None else model, self.optimizer_name, **hparams)
