@@ -114,15 +114,19 @@ class Auto(Prodigy):
         scaled_add_(ss, gs, c["beta3"], c["s_scale"], foreach)
         if group["decay_mode"] == "decoupled":
             c["decay"] = 1.0 - group["weight_decay"] * c["dlr"]
-        ElementwiseOptimizer._run_kernel(self, group, ps, gs, sts, keys, c)
-        ms, vs = [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]
-        if foreach:
-            den = torch._foreach_sqrt(vs)
-            torch._foreach_add_(den, c["d_eps"])
-            weighted = torch._foreach_div(torch._foreach_mul(ms, ms), den)
+        ms = [st["exp_avg"] for st in sts]
+        if foreach and not group["cautious"]:  # the steps are at hand: ⟨m, s⟩ from them
+            steps = self._directions(group, ps, gs, sts, keys, c)
+            if c["decay"] != 1.0:
+                torch._foreach_mul_(ps, c["decay"])
+            torch._foreach_sub_(ps, steps)
+            torch._foreach_mul_(steps, ms)
+            weighted, weight = steps, c["fdr_weight"] / c["dlr"] if c["dlr"] else 0.0
         else:
-            weighted = [m * m / (v.sqrt() + c["d_eps"]) for m, v in zip(ms, vs)]
-        momentum_step = torch.stack([torch.sum(w, dtype=torch.float64) for w in weighted]).sum() * c["fdr_weight"]
+            ElementwiseOptimizer._run_kernel(self, group, ps, gs, sts, keys, c)
+            vs = [st["exp_avg_sq"] for st in sts]
+            weighted, weight = [m * m / (v.sqrt() + c["d_eps"]) for m, v in zip(ms, vs)], c["fdr_weight"]
+        momentum_step = torch.stack([torch.sum(w, dtype=torch.float64) for w in weighted]).sum() * weight
         self._pending.append(torch.stack([c["r_weight"] * to_start, l1_norms(ss, foreach).sum(), -to_start,
                                           momentum_step.to(to_start.device)]))
 

@@ -104,12 +104,12 @@ def scaled_add_(dst: list[Tensor], src: list[Tensor], decay: float | None, scale
     if foreach:
         if decay is not None:
             torch._foreach_mul_(dst, decay)
-        torch._foreach_add_(dst, torch._foreach_mul(src, scale))
+        torch._foreach_add_(dst, src, alpha=scale)
         return
     for d, s in zip(dst, src):
         if decay is not None:
             d.mul_(decay)
-        d.add_(s * scale)
+        d.add_(s, alpha=scale)
 
 
 def pending_totals(pending: list[Tensor]) -> list[float]:

@@ -130,25 +130,23 @@ class Prodigy(DistanceEstimator):
     def _update(p: Tensor, g: Tensor, st: dict[str, Tensor], c: dict[str, Any], flags: tuple) -> Tensor:
         """Adam's moments of d·g and the step ``λ·m / (√v + dε)``; r and s are the first pass's."""
         v = st["exp_avg_sq"]
-        v.mul_(c["b2"]).add_(g * g * c["v_scale"])
+        v.mul_(c["b2"]).addcmul_(g, g, value=c["v_scale"])
         if flags[0]:
             m = st["exp_avg"]
-            m.mul_(c["b1"]).add_(g * c["m_scale"])
+            m.mul_(c["b1"]).add_(g, alpha=c["m_scale"])
         else:
             m = g * c["m_scale"]
         return m / (v.sqrt() + c["d_eps"]) * c["dlr"]
 
     @staticmethod
     def _update_foreach(ps, gs, st, c, flags):
-        v = st["exp_avg_sq"]
-        sq = torch._foreach_mul(gs, gs)
-        torch._foreach_mul_(sq, c["v_scale"])
+        v = st["exp_avg_sq"]  # in place, no temporaries: a fresh tensor per step costs page faults on large models
         torch._foreach_mul_(v, c["b2"])
-        torch._foreach_add_(v, sq)
+        torch._foreach_addcmul_(v, gs, gs, value=c["v_scale"])
         if flags[0]:
             m = st["exp_avg"]
             torch._foreach_mul_(m, c["b1"])
-            torch._foreach_add_(m, torch._foreach_mul(gs, c["m_scale"]))
+            torch._foreach_add_(m, gs, alpha=c["m_scale"])
         else:
             m = torch._foreach_mul(gs, c["m_scale"])
         denom = torch._foreach_sqrt(v)
