@@ -511,3 +511,19 @@ def test_lookahead_over_a_closure_or_hessian_base_runs(base):
     result = run_trial(spec(optimizer="lookahead", base=base, lr=0.05))
     assert result.status == "done", result.error
     assert result.final_metrics["loss"] < result.curve[0].metrics["loss"]
+
+
+# -- total_steps and the learning rate used ------------------------------------------------------------------------
+
+def test_runner_gives_total_steps_to_optimizers_that_take_it_and_records_the_lr_used():
+    wl = TinyRegression()
+    res = run_trial(TrialSpec(workload=f"{MOD}:TinyRegression", optimizer="auto", hparams={}, seed=0))
+    assert res.status == "done", res.error
+    phase = res.extras["selection"][-1][1][0]["phase"]
+    assert phase == f"linear decay to step {wl.step_hint}"
+    assert res.extras["lr_peak"] == pytest.approx(max(
+        s[0]["step_size"] for _, s in res.extras["selection"]), rel=0.5)  # the peak is between evaluations
+    anytime = run_trial(TrialSpec(workload=f"{MOD}:TinyRegression", optimizer="auto-anytime", hparams={}, seed=0))
+    assert anytime.extras["selection"][-1][1][0]["phase"].startswith(("constant", "decayed"))
+    sgd = run_trial(spec())
+    assert sgd.extras["lr_peak"] == 0.1
