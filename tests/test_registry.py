@@ -37,9 +37,11 @@ def test_info_is_frozen_and_complete():
             info.name = "x"  # type: ignore[misc]
         with pytest.raises(TypeError):
             info.preset["lr"] = 1.0  # type: ignore[index]
-        # the selection engine and the learned optimizers have their own packages
-        home = {"gap": optfit.gap, "learned": optfit.learned}.get(info.family, optfit.optim)
-        assert getattr(home, info.cls.__name__) is info.cls
+        # every class is exported by its package (optfit.optim; the selection engine and auto: optfit.gap;
+        # learned optimizers: optfit.learned)
+        home = {"optfit.gap": optfit.gap, "optfit.learned": optfit.learned}.get(
+            info.cls.__module__.rsplit(".", 1)[0], optfit.optim)
+        assert getattr(home, info.cls.__name__) is info.cls, name
 
 
 def test_lookup_is_case_and_separator_insensitive():

@@ -21,6 +21,8 @@ class OptimizerInfo:
     (factored states count 0; their O(m+n) size is noted in ``description``).
     ``torch_equivalent`` = (torch.optim class name, extra torch kwargs) for the float64 parity test.
     ``test_hparams`` are settings under which the optimizer converges on the conformance quadratic.
+    ``needs_batch``: the step needs the batch itself (``set_batch(x, y)``) and a model it can trace (Universal MM):
+    the registry-wide contract tests, trainers and the showdown cannot drive it; its own tests cover the contract.
     ``has_betas`` / ``has_momentum``: the param groups have a ``betas`` / ``momentum`` key that an LR scheduler
     with ``cycle_momentum=True`` (OneCycleLR, CyclicLR) can cycle, with the meaning torch gives it.
     """
@@ -34,6 +36,7 @@ class OptimizerInfo:
     preset: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     needs_closure: bool = False
+    needs_batch: bool = False
     has_betas: bool = False
     has_momentum: bool = False
     supports_cautious: bool = True

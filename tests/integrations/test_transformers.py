@@ -49,7 +49,7 @@ class _StopAt(TrainerCallback):
 
 
 # --------------------------------------------------------------------------------------------- runs at all
-@pytest.mark.parametrize("name", optfit.list_optimizers())
+@pytest.mark.parametrize("name", [n for n in optfit.list_optimizers() if not optfit.optimizer_info(n).needs_batch])
 def test_every_registry_optimizer_trains(name, tmp_path):
     model = Regressor(dropout=0.1)
     before = parameters(model)
@@ -285,3 +285,10 @@ def test_celo_plans_for_the_run_length(name, tmp_path):
                             optimizer_name=name)
     trainer.train()
     assert unwrap(trainer.optimizer).total_steps == 4
+
+
+def test_an_optimizer_that_needs_the_batch_is_refused_with_the_reason(tmp_path):
+    trainer = OptfitTrainer(model=Regressor(), args=_args(tmp_path), train_dataset=Pairs(),
+                            optimizer_name="universal-mm")
+    with pytest.raises(TypeError, match="universal-mm needs the batch"):
+        trainer.create_optimizer()

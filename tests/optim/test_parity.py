@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import optfit
 
-NAMES = optfit.list_optimizers()
+NAMES = [n for n in optfit.list_optimizers() if not optfit.optimizer_info(n).needs_batch]
 TORCH_NAMES = [n for n in NAMES if optfit.optimizer_info(n).torch_equivalent]
 FOREACH_NAMES = [n for n in NAMES if optfit.optimizer_info(n).supports_foreach]
 

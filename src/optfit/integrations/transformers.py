@@ -122,6 +122,9 @@ class OptfitTrainer(Trainer):
             model = args[0] if args else kwargs.get("model")
             hparams = dict(self.optimizer_kwargs)
             info = optimizer_info(self.optimizer_name)
+            if info.needs_batch:
+                raise TypeError(f"{info.name} needs the batch itself at every step (set_batch(x, y)) and a traceable "
+                                "model, which Trainer does not give an optimizer; use it in your own loop")
             if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
                 hparams["total_steps"] = self._planned_steps()
             self._warn_unused_arguments(hparams)

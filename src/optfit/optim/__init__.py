@@ -51,3 +51,4 @@ from .schedule_free import *  # noqa: F401,F403
 from .shampoo import *  # noqa: F401,F403
 from .soap import *  # noqa: F401,F403
 from .sophia import *  # noqa: F401,F403
+from .universal_mm import *  # noqa: F401,F403
