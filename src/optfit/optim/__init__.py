@@ -52,3 +52,4 @@ from .shampoo import *  # noqa: F401,F403
 from .soap import *  # noqa: F401,F403
 from .sophia import *  # noqa: F401,F403
 from .universal_mm import *  # noqa: F401,F403
+from .in_backward import *  # noqa: F401,F403
