@@ -22,7 +22,8 @@ class OptimizerInfo:
     ``torch_equivalent`` = (torch.optim class name, extra torch kwargs) for the float64 parity test.
     ``test_hparams`` are settings under which the optimizer converges on the conformance quadratic.
     ``needs_batch``: the step needs the batch itself (``set_batch(x, y)``) and a model it can trace (Universal MM):
-    the registry-wide contract tests, trainers and the showdown cannot drive it; its own tests cover the contract.
+    the registry-wide contract tests and trainers cannot drive it (its own tests cover the contract); the showdown's
+    runner gives it the batch on workloads that state their loss (``Workload.loss_inputs``).
     ``has_betas`` / ``has_momentum``: the param groups have a ``betas`` / ``momentum`` key that an LR scheduler
     with ``cycle_momentum=True`` (OneCycleLR, CyclicLR) can cycle, with the meaning torch gives it.
     """

@@ -49,6 +49,13 @@ class TinyRegression(Workload):
         return {"loss": float(((model(self.x) - self.y) ** 2).mean().detach())}
 
 
+class StatedRegression(TinyRegression):
+    """TinyRegression that states its loss (F.mse_loss of model(x)), so Universal MM can bound it."""
+
+    def loss_inputs(self, batch: tuple[int, torch.Tensor, torch.Tensor]) -> tuple[str, torch.Tensor, torch.Tensor]:
+        return ("mse", batch[1], batch[2])
+
+
 class SlowEval(TinyRegression):
     """Each evaluation sleeps 50 ms (evaluation must not be timed)."""
 

@@ -527,3 +527,12 @@ def test_runner_gives_total_steps_to_optimizers_that_take_it_and_records_the_lr_
     assert anytime.extras["selection"][-1][1][0]["phase"].startswith(("constant", "decayed"))
     sgd = run_trial(spec())
     assert sgd.extras["lr_peak"] == 0.1
+
+
+def test_runner_gives_a_batch_bounding_optimizer_the_batch_and_the_stated_loss():
+    res = run_trial(TrialSpec(workload=f"{MOD}:StatedRegression", optimizer="universal-mm", hparams={}, seed=0))
+    assert res.status == "done", res.error
+    losses = [p.metrics["loss"] for p in res.curve]
+    assert losses[-1] < losses[0] / 10
+    refused = run_trial(TrialSpec(workload=f"{MOD}:TinyRegression", optimizer="universal-mm", hparams={}, seed=0))
+    assert refused.status == "failed" and "does not state one" in refused.error

@@ -174,6 +174,9 @@ class _Trainer:
             calls.append(time.perf_counter() - c0 - probed)
             return out
 
+        if hasattr(opt, "set_batch"):  # bounds the loss from the model's graph: it needs the batch itself
+            _, inputs, targets = wl.loss_inputs(batch)
+            opt.set_batch(inputs, targets)
         t0, probe0 = time.perf_counter(), self.untimed_seconds
         loss = opt.step(closure)
         total = time.perf_counter() - t0 - (self.untimed_seconds - probe0)
@@ -215,6 +218,12 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
         workload.prepare()
         info = optimizer_info(spec.optimizer)
         hparams = _hparams(spec)
+        if info.needs_batch and "loss" not in hparams:  # Universal MM: the loss it bounds is the workload's
+            stated = workload.loss_inputs(next(iter(workload.train_batches(spec.seed))))
+            if stated is None:
+                raise ValueError(f"{info.name} needs the workload's loss as F.mse_loss or F.cross_entropy of "
+                                 f"model(inputs); {workload.name} does not state one (Workload.loss_inputs)")
+            hparams["loss"] = stated[0]
         if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
             hparams["total_steps"] = workload.step_hint  # the planned run length (auto's horizon, Celo's t/N)
             # the budget runs past the step hint by design (schedules end there too): no warning about it

@@ -82,6 +82,12 @@ class Workload(ABC):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Scalar training loss of ``model`` on ``batch`` (the runner calls backward)."""
 
+    def loss_inputs(self, batch: Any) -> tuple[str, torch.Tensor, torch.Tensor] | None:
+        """For optimizers that bound the loss from the model's graph (Universal MM): ``(kind, inputs, targets)``
+        when ``loss`` is exactly ``F.<kind>(model(inputs), targets)`` with kind "mse" or "cross_entropy", else
+        None (the default: such optimizers cannot run on this workload)."""
+        return None
+
     @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation metrics, including ``self.metric`` (called under ``torch.no_grad``, untimed)."""

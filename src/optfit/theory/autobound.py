@@ -316,8 +316,10 @@ def _unsupported(path: str, module: nn.Module) -> NotImplementedError:
 
 
 def check_supported(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's leaf modules in order; ``NotImplementedError`` naming the first one without a rule."""
-    if not isinstance(model, nn.Sequential):
+    """The model's leaf modules in order (a lone supported module counts as a one-layer model);
+    ``NotImplementedError`` naming the first one without a rule."""
+    lone = isinstance(model, (nn.Linear, *_RESHAPES)) or _activation_rule(model) is not None
+    if not isinstance(model, nn.Sequential) and not lone:
         raise NotImplementedError(
             f"AutoBound bounds nn.Sequential models (nested allowed); got {type(model).__name__}, whose forward it "
             f"cannot read. Supported modules: {', '.join(supported_modules())}")

@@ -145,6 +145,9 @@ class ClassificationWorkload(Workload):
         x, y = batch
         return F.cross_entropy(model(x), y)
 
+    def loss_inputs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[str, torch.Tensor, torch.Tensor]:
+        return ("cross_entropy", *batch)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         xe, ye = self.tensors[2:]
         was_training = model.training

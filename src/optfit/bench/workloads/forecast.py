@@ -77,6 +77,9 @@ class SunspotLSTM(Workload):
         x, y = batch
         return F.mse_loss(model(x), y)
 
+    def loss_inputs(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[str, torch.Tensor, torch.Tensor]:
+        return ("mse", *batch)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         self.prepare()
         with torch.no_grad():

@@ -96,6 +96,9 @@ class MNISTAutoencoder(Workload):
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(model(batch), batch)
 
+    def loss_inputs(self, batch: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        return ("mse", batch, batch)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         self.prepare()
         xv = self._x[1]
