@@ -37,10 +37,11 @@ SELF_SETTINGS: dict[str, dict[str, Any]] = {
 }
 # learning-rate-free methods designed to run without a decay schedule: Schedule-Free replaces it by iterate
 # interpolation/averaging (arXiv 2405.15682), DoG sets its own step from the distance travelled (arXiv
-# 2302.12022), auto schedules itself over the run's planned length (the runner passes ``total_steps``). Prodigy and
+# 2302.12022), auto schedules itself over the run's planned length (the runner passes ``total_steps``), Universal MM
+# steps to the minimiser of its bound. Prodigy and
 # D-Adaptation keep the showdown's schedule, as their authors pair them with cosine decay.
 SELF_CONSTANT = frozenset({"schedule-free-sgd", "schedule-free-adamw", "schedule-free-radam", "dog", "ldog", "auto",
-                           "auto-anytime"})
+                           "auto-anytime", "universal-mm"})
 TUNED_PATH = Path(__file__).with_name("tuned.json")
 
 
