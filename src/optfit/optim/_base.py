@@ -267,20 +267,25 @@ class ElementwiseOptimizer(Optimizer):
         gradient is ``p.grad``, or −``p.grad`` in a ``maximize`` group (``p.grad`` itself is never modified)."""
         work, index = [], 0
         for group in self.param_groups:
-            items, ascend = [], group.get("maximize", False)
+            items = []
             for p in group["params"]:
                 if p.grad is not None:
-                    g = p.grad
-                    if g.is_sparse:
-                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
-                                           f"({self._describe(index, p)}); use a dense gradient or torch.optim.SparseAdam")
-                    if torch.is_complex(p) and not self.supports_complex:
-                        raise RuntimeError(f"{type(self).__name__} does not support complex parameters "
-                                           f"({self._describe(index, p)}); split them with torch.view_as_real")
-                    items.append((index, p, _negated(g) if ascend else g))
+                    items.append(self._work_item(group, index, p))
                 index += 1
             work.append((group, items))
         return work
+
+    def _work_item(self, group: dict[str, Any], index: int, p: Tensor) -> tuple[int, Tensor, Tensor]:
+        """``(flat index, param, working gradient)`` of one parameter with a gradient (``_gather``'s item; also
+        used by ``step_in_backward``); refuses sparse gradients and unsupported complex parameters."""
+        g = p.grad
+        if g.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                               f"({self._describe(index, p)}); use a dense gradient or torch.optim.SparseAdam")
+        if torch.is_complex(p) and not self.supports_complex:
+            raise RuntimeError(f"{type(self).__name__} does not support complex parameters "
+                               f"({self._describe(index, p)}); split them with torch.view_as_real")
+        return index, p, (_negated(g) if group.get("maximize", False) else g)
 
     @staticmethod
     def _real_grads(items: list) -> list[Tensor]:

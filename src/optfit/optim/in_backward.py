@@ -89,11 +89,9 @@ from autograd's thread; don't call ``optimizer.step()`` concurrently with a back
 steps left (a run of in-backward steps followed by normal steps equals a run of normal steps, bit for bit).
 The handle is also a context manager (``with step_in_backward(model, opt): ...`` removes on exit).
 
-Suggested change to ``_base.py`` (not made here, the workaround above does the job): a method
-``_gather_one(group, index, p)`` returning the ``(index, param, working grad)`` item that ``_gather`` builds (the
-sparse/complex checks and ``maximize`` negation are repeated in :meth:`InBackwardStep._item`), and a
-``fused: bool | None`` argument of ``_step_group`` to pin the fused decision instead of pinning ``impl`` on a copy of
-the group.
+One tensor's work item is ``_gather``'s own (``ElementwiseOptimizer._work_item``: the sparse/complex checks and the
+``maximize`` negation). Left as it is: pinning the fused decision by copying the group with ``impl`` set, where a
+``fused`` argument of ``_step_group`` would be more direct.
 """
 
 from __future__ import annotations
@@ -110,7 +108,7 @@ from torch.optim import optimizer as _optim_module
 
 from . import _features as F
 from . import _fused
-from ._base import ElementwiseOptimizer, _negated
+from ._base import ElementwiseOptimizer
 
 __all__ = ["step_in_backward", "InBackwardStep", "in_backward_unsupported"]
 
@@ -290,14 +288,7 @@ class InBackwardStep:
 
     def _item(self, group: dict[str, Any], index: int, p: Tensor) -> tuple[int, Tensor, Tensor]:
         """The ``(flat index, param, working gradient)`` that ``_gather`` makes for ``p``."""
-        opt, g = self.optimizer, p.grad
-        if g.is_sparse:
-            raise RuntimeError(f"{type(opt).__name__} does not support sparse gradients "
-                               f"({opt._describe(index, p)}); use a dense gradient or torch.optim.SparseAdam")
-        if torch.is_complex(p) and not opt.supports_complex:
-            raise RuntimeError(f"{type(opt).__name__} does not support complex parameters "
-                               f"({opt._describe(index, p)}); split them with torch.view_as_real")
-        return index, p, (_negated(g) if group.get("maximize", False) else g)
+        return self.optimizer._work_item(group, index, p)
 
     def _check_finite(self, group: dict[str, Any], item: tuple[int, Tensor, Tensor]) -> None:
         if group["nonfinite"] == "ignore":
