@@ -388,3 +388,8 @@ def test_a_missing_report_dependency_is_said_before_any_trial(tmp_path, capsys, 
     assert main(["bench", "run", "--workload", TINY, "--optimizers", "sgd", "--workers", "0", "--db",
                  str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")]) == 2
     assert "needs matplotlib" in capsys.readouterr().err and not (tmp_path / "r.sqlite").exists()
+
+
+def test_demo_shows_auto_against_tuned_adamw_and_the_learning_rate_free_methods():
+    from optfit.cli import DEMO_OPTIMIZERS
+    assert {"adamw-tuned", "auto", "schedule-free-adamw", "prodigy", "adamw"} <= set(DEMO_OPTIMIZERS)

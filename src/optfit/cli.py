@@ -38,7 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_OPTIMIZERS = ("adamw-tuned", "adamw", "schedule-free-adamw", "prodigy", "dadapt-adam", "dog", "nadamw", "lion", "sgd",
+DEMO_OPTIMIZERS = ("adamw-tuned", "auto", "adamw", "schedule-free-adamw", "prodigy", "dadapt-adam", "dog", "nadamw", "lion", "sgd",
                    "gap-adamw", "gap-sgd", "muon")
 
 
