@@ -100,16 +100,17 @@ def l1_norms(xs: list[Tensor], foreach: bool) -> Tensor:
 
 
 def scaled_add_(dst: list[Tensor], src: list[Tensor], decay: float | None, scale: float, foreach: bool) -> None:
-    """``dst ← decay·dst + scale·src`` (no decay when ``decay`` is None), per tensor or with foreach ops."""
+    """``dst ← decay·dst + scale·src`` (no decay when ``decay`` is None), per tensor or with foreach ops. The product
+    is formed first: ``scale`` (Prodigy's (d/d₀)·λ) may exceed the float32 range, which ``alpha=`` refuses."""
     if foreach:
         if decay is not None:
             torch._foreach_mul_(dst, decay)
-        torch._foreach_add_(dst, src, alpha=scale)
+        torch._foreach_add_(dst, torch._foreach_mul(src, scale))
         return
     for d, s in zip(dst, src):
         if decay is not None:
             d.mul_(decay)
-        d.add_(s, alpha=scale)
+        d.add_(s * scale)
 
 
 def pending_totals(pending: list[Tensor]) -> list[float]:
