@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..optim import _validation as V
 from ..optim._base import ElementwiseOptimizer
-from ..optim.dadapt import DistanceEstimator, dots, l1_norms, pending_totals, scaled_add_
+from ..optim.dadapt import DistanceEstimator, pending_totals
 from ..optim.prodigy import Prodigy
 from ..registry import OptimizerInfo, register
 from ..theory.stationarity import StationarityTest
@@ -103,19 +103,11 @@ class Auto(Prodigy):
         return c
 
     # ------------------------------------------------------------------------------------ first pass
-    def _run_kernel(self, group, ps, gs, sts, keys, c) -> None:
-        """Prodigy's first pass plus the bucket's share of Δ_k: ⟨g_k, x_k − x₀⟩ before the step and the weighted
-        ⟨m_k, s_k⟩/d_k after it (the step s_k = dlr·m_k/(√v_k + d_kε))."""
-        if group["lr"] == 0:
-            return  # lr = 0: the group is frozen (no statistics, state, move or decay)
-        foreach = self._impl(group, ps) == "foreach"
-        to_start = dots(gs, [st["p0"] - p for p, st in zip(ps, sts)]).sum()
-        ss = [st["s"] for st in sts]
-        scaled_add_(ss, gs, c["beta3"], c["s_scale"], foreach)
-        if group["decay_mode"] == "decoupled":
-            c["decay"] = 1.0 - group["weight_decay"] * c["dlr"]
+    def _step_bucket(self, group, ps, gs, sts, keys, c, to_start) -> list:
+        """The Adam step, and the bucket's share of Δ_k for the second pass: ⟨g_k, x_k − x₀⟩ (Prodigy's dot, taken
+        before the step) and the weighted ⟨m_k, s_k⟩/d_k after it (s_k = dlr·m_k/(√v_k + d_kε))."""
         ms = [st["exp_avg"] for st in sts]
-        if foreach and not group["cautious"]:  # the steps are at hand: ⟨m, s⟩ from them
+        if self._impl(group, ps) == "foreach" and not group["cautious"]:  # the steps are at hand: ⟨m, s⟩ from them
             steps = self._directions(group, ps, gs, sts, keys, c)
             if c["decay"] != 1.0:
                 torch._foreach_mul_(ps, c["decay"])
@@ -127,8 +119,7 @@ class Auto(Prodigy):
             vs = [st["exp_avg_sq"] for st in sts]
             weighted, weight = [m * m / (v.sqrt() + c["d_eps"]) for m, v in zip(ms, vs)], c["fdr_weight"]
         momentum_step = torch.stack([torch.sum(w, dtype=torch.float64) for w in weighted]).sum() * weight
-        self._pending.append(torch.stack([c["r_weight"] * to_start, l1_norms(ss, foreach).sum(), -to_start,
-                                          momentum_step.to(to_start.device)]))
+        return [-to_start, momentum_step.to(to_start.device)]
 
     # ----------------------------------------------------------------------------------- second pass
     def _second_pass(self, pending: list, loss: Any) -> None:

@@ -162,14 +162,18 @@ class Prodigy(DistanceEstimator):
             return  # lr = 0: the group is frozen (no statistics, state, move or decay)
         every, foreach = group["slice_p"], self._impl(group, ps) == "foreach"
         g_kept = [_sliced(g, every) for g in gs]
-        to_start = [st["p0"] - _sliced(p, every) for p, st in zip(ps, sts)]
-        r_share = c["r_weight"] * dots(g_kept, to_start).sum()
+        to_start = dots(g_kept, [st["p0"] - _sliced(p, every) for p, st in zip(ps, sts)]).sum()  # ⟨g, x₀ − x⟩
         ss = [st["s"] for st in sts]
         scaled_add_(ss, g_kept, c["beta3"], c["s_scale"], foreach)
         if group["decay_mode"] == "decoupled":
             c["decay"] = 1.0 - group["weight_decay"] * c["dlr"]
+        extra = self._step_bucket(group, ps, gs, sts, keys, c, to_start)
+        self._pending.append(torch.stack([c["r_weight"] * to_start, l1_norms(ss, foreach).sum(), *extra]))
+
+    def _step_bucket(self, group, ps, gs, sts, keys, c, to_start) -> list:
+        """The Adam step of one bucket; a subclass may return more per-bucket sums for its second pass (auto)."""
         super()._run_kernel(group, ps, gs, sts, keys, c)
-        self._pending.append(torch.stack([r_share, l1_norms(ss, foreach).sum()]))
+        return []
 
     def _second_pass(self, pending: list, loss: Any) -> None:
         r_share, s_l1 = pending_totals(pending)[:2]
