@@ -258,3 +258,21 @@ def test_a_missed_target_is_never_shown_as_a_plain_speed_ratio(monkeypatch):
     row = next(line for line in text.splitlines() if "slow" in line)
     assert "none reached" in row and "×" not in row.split("slow", 1)[1].split("0/1")[0]
     assert report._time_ratio(1.5, 1, 2) == "≥×1.5" and report._time_ratio(0.8, 2, 2) == "×0.8"
+
+
+def test_results_text_shows_final_best_and_learning_rate_used():
+    from optfit.bench.summary import summarize
+
+    results = [trial("clf", "auto", s, 0.02, extras={"lr_peak": 0.01 * (s + 1)}) for s in range(3)]
+    results += [trial("clf", "sgd", s, 0.001) for s in range(3)]
+    text = report.results_text(summarize(results, META))
+    lines = text.splitlines()
+    assert lines[0].startswith("clf (accuracy, higher is better, target 0.9")
+    auto = next(line for line in lines if line.startswith("auto")).split()
+    sgd = next(line for line in lines if line.startswith("sgd")).split()
+    assert auto[1] == "3/3" and sgd[1] == "0/3"
+    assert auto[4] == "0.02"  # median of 0.01, 0.02, 0.03
+    assert sgd[4] == "n/a"  # no lr recorded
+    final = [r.final_metrics["accuracy"] for r in results[:3]]
+    assert float(auto[2]) == pytest.approx(sorted(final)[1], rel=1e-2)
+    assert float(auto[3]) >= float(auto[2])  # best ≥ final for accuracy
