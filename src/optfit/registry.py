@@ -55,6 +55,12 @@ class OptimizerInfo:
             object.__setattr__(self, "torch_equivalent", (cls_name, MappingProxyType(dict(kwargs))))
 
     @property
+    def takes_total_steps(self) -> bool:
+        """The optimizer plans over the run's length (auto's schedule, Celo's t/N) and a caller may pass it:
+        ``total_steps`` is accepted and not fixed by the preset (``auto-anytime`` fixes it to None)."""
+        return "total_steps" in self.defaults and "total_steps" not in self.preset
+
+    @property
     def defaults(self) -> dict[str, Any]:
         """Every accepted hyperparameter with its default (the preset applied)."""
         out = {k: p.default for k, p in inspect.signature(self.cls.__init__).parameters.items()

@@ -224,7 +224,7 @@ def run_trial(spec: TrialSpec, workload: Workload | None = None, *, stop_at_targ
                 raise ValueError(f"{info.name} needs the workload's loss as F.mse_loss or F.cross_entropy of "
                                  f"model(inputs); {workload.name} does not state one (Workload.loss_inputs)")
             hparams["loss"] = stated[0]
-        if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
+        if info.takes_total_steps and "total_steps" not in hparams:
             hparams["total_steps"] = workload.step_hint  # the planned run length (auto's horizon, Celo's t/N)
             # the budget runs past the step hint by design (schedules end there too): no warning about it
             warnings.filterwarnings("ignore", message=r"auto: step \d+ is past total_steps", category=RuntimeWarning)

@@ -125,7 +125,7 @@ class OptfitTrainer(Trainer):
             if info.needs_batch:
                 raise TypeError(f"{info.name} needs the batch itself at every step (set_batch(x, y)) and a traceable "
                                 "model, which Trainer does not give an optimizer; use it in your own loop")
-            if "total_steps" in info.defaults and "total_steps" not in hparams and "total_steps" not in info.preset:
+            if info.takes_total_steps and "total_steps" not in hparams:
                 hparams["total_steps"] = self._planned_steps()
             self._warn_unused_arguments(hparams)
             self.optimizer = create_optimizer(self.model if model is None else model, self.optimizer_name, **hparams)
