@@ -146,12 +146,10 @@ def _lower_mark(s: Summary, lab: str) -> str:
 _RESULT_HEAD = ["optimizer", "reached", "final", "best", "peak lr"]
 
 
-def _median(values: list[float]) -> float:
-    vals = sorted(v for v in values if v is not None and math.isfinite(v))
-    if not vals:
-        return math.nan
-    mid = len(vals) // 2
-    return vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
+def _median_of_known(values: list[float]) -> float:
+    """``_median`` of the values that are not NaN (a diverged run's ∞ counts); NaN when none is."""
+    known = [v for v in values if not math.isnan(v)]
+    return _median(known) if known else math.nan
 
 
 def _result_rows(s: Summary, wl: str) -> list[list[str]]:
@@ -170,7 +168,8 @@ def _result_rows(s: Summary, wl: str) -> list[list[str]]:
                  for r in trials]
         lrs = [r.extras.get("lr_peak", math.nan) for r in trials]
         reached = "—" if m.target is None else f"{sum(r.steps_to_target is not None for r in trials)}/{len(trials)}"
-        rows.append([lab, reached, _fmt(_median(finals)), _fmt(_median(bests)), _fmt(_median(lrs))])
+        rows.append([lab, reached, _fmt(_median_of_known(finals)), _fmt(_median_of_known(bests)),
+                     _fmt(_median_of_known(lrs))])
     return rows
 
 
